@@ -1,0 +1,27 @@
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from workflow_scripts.dag import Run
+
+# resolve preset <- config.yaml <- --config, validate against config.schema.json, check model dirs
+RUN = Run.load(config)
+LAYOUT = RUN.layout
+ENV = "../envs/umm.yaml"
+
+# every stage runs through the same launcher (submitit: local, in-process or Slurm)
+LAUNCH = "python -m workflow_scripts.launch {params.launch} > {log} 2>&1"
+
+
+wildcard_constraints:
+    component="encoder|decoder",
+    source="|".join(RUN.sources),
+    phase="|".join(RUN.phases),
+
+
+def caption_inputs(wildcards):
+    return {"raw": LAYOUT.raw(wildcards.source), **RUN.caption_models(wildcards.source)}
+
+
+def decoder_start(wildcards):
+    return RUN.decoder_start(wildcards.phase)

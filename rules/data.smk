@@ -1,0 +1,57 @@
+rule data_collect:
+    output:
+        raw=LAYOUT.raw("{source}"),
+    log:
+        LAYOUT.log("data_collect.{source}"),
+    benchmark:
+        LAYOUT.benchmark("data_collect.{source}")
+    conda:
+        ENV
+    threads: RUN.threads("data_collect")
+    params:
+        launch=RUN.launch_args("data_collect"),
+    shell:
+        LAUNCH
+
+
+rule data_caption:
+    input:
+        unpack(caption_inputs),
+    output:
+        captions=LAYOUT.captions("{source}"),
+    log:
+        LAYOUT.log("data_caption.{source}"),
+    benchmark:
+        LAYOUT.benchmark("data_caption.{source}")
+    conda:
+        ENV
+    threads: RUN.threads("data_caption")
+    params:
+        launch=RUN.launch_args("data_caption"),
+    shell:
+        LAUNCH
+
+
+rule data_build:
+    input:
+        **{f"raw_{s}": LAYOUT.raw(s) for s in RUN.sources},
+        **{f"captions_{s}": LAYOUT.captions(s) for s in RUN.sources},
+    output:
+        shards=directory(LAYOUT.shards),
+        manifest=LAYOUT.manifest,
+    log:
+        LAYOUT.log("data_build"),
+    benchmark:
+        LAYOUT.benchmark("data_build")
+    conda:
+        ENV
+    threads: RUN.threads("data_build")
+    params:
+        launch=RUN.launch_args("data_build"),
+    shell:
+        LAUNCH
+
+
+rule data:
+    input:
+        RUN.data_targets(),

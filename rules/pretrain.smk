@@ -1,0 +1,42 @@
+rule pretrain_encoder:
+    input:
+        base=RUN.base_model("encoder"),
+        shards=LAYOUT.shards,
+    output:
+        model=directory(LAYOUT.final("pretrain_encoder")),
+    log:
+        LAYOUT.log("pretrain_encoder"),
+    benchmark:
+        LAYOUT.benchmark("pretrain_encoder")
+    conda:
+        ENV
+    threads: RUN.threads("pretrain_encoder")
+    params:
+        launch=RUN.launch_args("pretrain_encoder"),
+    shell:
+        LAUNCH
+
+
+rule pretrain_decoder:
+    input:
+        decoder=decoder_start,
+        encoder=LAYOUT.final("pretrain_encoder"),
+        shards=LAYOUT.shards,
+    output:
+        model=directory(LAYOUT.final("pretrain_decoder_{phase}")),
+    log:
+        LAYOUT.log("pretrain_decoder.{phase}"),
+    benchmark:
+        LAYOUT.benchmark("pretrain_decoder.{phase}")
+    conda:
+        ENV
+    threads: RUN.threads("pretrain_decoder")
+    params:
+        launch=RUN.launch_args("pretrain_decoder"),
+    shell:
+        LAUNCH
+
+
+rule pretrain:
+    input:
+        RUN.pretrain_targets(),

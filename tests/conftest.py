@@ -1,0 +1,77 @@
+"""Shared fixtures: offline mode, the repository, tiny configs, and one end-to-end tiny DAG run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+CI_CONFIG = REPO / "tests" / "configs" / "ci.yaml"
+
+
+def ci_config(**overrides) -> dict:
+    from workflow_scripts.config.loader import deep_merge
+
+    return deep_merge(yaml.safe_load(CI_CONFIG.read_text()), overrides)
+
+
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile with ``workdir`` as working directory (where config.yaml lives)."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", *args]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_dag(tmp_path_factory) -> Path:
+    """The tiny DAG run once, end to end, in a fresh directory; returns that directory."""
+    workdir = tmp_path_factory.mktemp("dag")
+    write_config(workdir, ci_config())
+    snakemake(workdir, "all")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny encoder and decoder built by the library code (as the build_tiny_model stage does)."""
+    from workflow_scripts.config.loader import parse, resolve
+    from workflow_scripts.models import tiny
+
+    cfg = parse(resolve({"preset": "tiny"}))
+    root = tmp_path_factory.mktemp("tiny_models")
+    synthetic = cfg.data.sources.synthetic
+    corpus = tiny.caption_corpus(0, synthetic.classes, synthetic.colors, synthetic.textures, scenes_count=300)
+    tiny.build_encoder(cfg.models.encoder.tiny, 0, corpus, root / "encoder")
+    tiny.build_decoder(cfg.models.decoder.tiny, 0, root / "decoder")
+    return {"encoder": root / "encoder", "decoder": root / "decoder"}
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,156 @@
+"""The shared training loop: batch plans, NaN guard, checkpoints, metrics, with a small regression task."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from workflow_scripts.train.batches import BatchPlan
+from workflow_scripts.train.config import CheckpointConfig, LoopConfig, OptimConfig
+from workflow_scripts.train.loop import NonFiniteLossError, StagePaths, train
+from workflow_scripts.train.metrics import MetricsLog, read
+
+
+def _loop(steps=6, every=2, batch=4, micro=2) -> LoopConfig:
+    return LoopConfig(
+        steps=steps,
+        batch_size=batch,
+        micro_batch_size=micro,
+        mixed_precision="no",
+        distributed="ddp",
+        gradient_checkpointing=False,
+        log_every=1,
+        optim=OptimConfig(
+            lr=0.1,
+            weight_decay=0.0,
+            betas=[0.9, 0.999],
+            eps=1e-8,
+            grad_clip=1.0,
+            warmup_steps=0,
+            schedule="constant",
+        ),
+        checkpoint=CheckpointConfig(every_steps=every, keep_last=2),
+    )
+
+
+@dataclass
+class Regression:
+    """Fit y = 3x - 1 from a fixed dataset; optionally produce NaN from some step on."""
+
+    plan: BatchPlan
+    nan_from_step: int | None = None
+    name: str = "regression"
+
+    def trainable(self):
+        torch.manual_seed(0)
+        return torch.nn.Linear(1, 1)
+
+    def micro_batches(self, step, rank, world):
+        return [
+            torch.tensor([[float(s.index)] for s in chunk])
+            for chunk in self.plan.micro_batches(step, rank, world)
+        ]
+
+    def loss(self, model, x, step):
+        loss = ((model(x / 10) - (3 * x / 10 - 1)) ** 2).mean()
+        if self.nan_from_step is not None and step + 1 >= self.nan_from_step:
+            loss = loss * float("nan")
+        return loss, {"x_mean": float(x.mean())}
+
+    def export(self, model, out_dir: Path):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
+
+
+def _paths(root: Path) -> StagePaths:
+    return StagePaths(root / "checkpoints", root / "metrics.jsonl", root / "final")
+
+
+def test_batch_plan_gives_the_same_global_batch_for_any_world_size():
+    plan = BatchPlan(num_samples=10, batch_size=8, micro_batch_size=2, seed=3)
+    for step in range(5):
+        one = [s for chunk in plan.micro_batches(step, 0, 1) for s in chunk]
+        two = [s for r in range(2) for chunk in plan.micro_batches(step, r, 2) for s in chunk]
+        four = [s for r in range(4) for chunk in plan.micro_batches(step, r, 4) for s in chunk]
+        assert sorted(one, key=lambda s: s.position) == sorted(two, key=lambda s: s.position)
+        assert sorted(one, key=lambda s: s.position) == sorted(four, key=lambda s: s.position)
+    # every sample is seen once per epoch
+    positions = range(0, 10)
+    assert sorted(plan.index(p) for p in positions) == list(range(10))
+    with pytest.raises(ValueError, match="evenly"):
+        plan.micro_batches(0, 0, 3)
+
+
+def test_training_learns_checkpoints_and_logs(tmp_path):
+    plan = BatchPlan(16, 4, 2, seed=0)
+    summary = train(Regression(plan), _loop(steps=60, every=10), _paths(tmp_path), identity="a")
+    rows = read(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    first, last = (sum(r["loss"] for r in part) / 5 for part in (rows[:5], rows[-5:]))
+    assert last < 0.1 * first
+    assert {"lr", "grad_norm", "samples_per_second", "x_mean"} <= set(rows[0])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000050", "step_00000060"]
+    assert summary == {"steps": 60, "resumed_from": 0, "world_size": 1}
+    assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    plan = BatchPlan(16, 4, 2, seed=0)
+    train(Regression(plan), _loop(steps=8, every=2), _paths(tmp_path / "full"), identity="a")
+    # a run that stopped after step 4 (its checkpoint is the newest), then resumed
+    train(Regression(plan), _loop(steps=4, every=2), _paths(tmp_path / "cut"), identity="a")
+    summary = train(Regression(plan), _loop(steps=8, every=2), _paths(tmp_path / "cut"), identity="a")
+    assert summary["resumed_from"] == 4
+    full, cut = (
+        load_file(tmp_path / "full/final/model.safetensors"),
+        load_file(tmp_path / "cut/final/model.safetensors"),
+    )
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert read(tmp_path / "full/metrics.jsonl") != [] and [
+        r["loss"] for r in read(tmp_path / "full/metrics.jsonl")
+    ] == [r["loss"] for r in read(tmp_path / "cut/metrics.jsonl")]
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    plan = BatchPlan(16, 4, 2, seed=0)
+    with pytest.raises(NonFiniteLossError) as err:
+        train(Regression(plan, nan_from_step=6), _loop(steps=10, every=2), _paths(tmp_path), identity="a")
+    message = str(err.value)
+    assert "at step 6" in message and "step_00000004" in message and "(step 4)" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    assert not (tmp_path / "final").exists()
+    assert [r["step"] for r in read(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def test_checkpoints_of_another_identity_are_set_aside(tmp_path):
+    plan = BatchPlan(16, 4, 2, seed=0)
+    train(Regression(plan), _loop(steps=4, every=2), _paths(tmp_path), identity="old")
+    summary = train(Regression(plan), _loop(steps=4, every=2), _paths(tmp_path), identity="new")
+    assert summary["resumed_from"] == 0
+    stale = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("stale-")]
+    assert len(stale) == 1 and sorted(p.name for p in stale[0].iterdir()) == [
+        "step_00000002",
+        "step_00000004",
+    ]
+    meta = json.loads((tmp_path / "checkpoints/step_00000004/checkpoint.json").read_text())
+    assert meta["identity"] == "new"
+
+
+def test_metrics_log_drops_lines_after_the_resume_step(tmp_path):
+    path = tmp_path / "m.jsonl"
+    log = MetricsLog(path, enabled=True, resume_step=0)
+    for step in range(1, 6):
+        log.log(step, loss=float(step))
+    log.close()
+    with open(path, "a") as handle:
+        handle.write('{"step": 6, "lo')  # a line cut by a kill
+    log = MetricsLog(path, enabled=True, resume_step=3)
+    log.log(4, loss=40.0)
+    log.close()
+    assert [(r["step"], r["loss"]) for r in read(path)] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]

@@ -1,0 +1,1 @@
+"""Configuration: typed dataclasses (typed.py), presets + validation (loader.py), stage views (stages.py)."""

@@ -1,0 +1,94 @@
+"""Which config values each stage reads.
+
+A stage's *view* is the part of the resolved config its outputs depend on. Its hash is a Snakemake
+param, so editing a value re-runs exactly the stages whose view contains it (and, through their
+outputs, what depends on them). Entry points check that the view they read still hashes to the value
+the DAG recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from workflow_scripts.config.loader import digest
+
+View = Callable[..., dict[str, Any]]
+_VIEWS: dict[str, View] = {}
+
+
+def _view(name: str) -> Callable[[View], View]:
+    def register(fn: View) -> View:
+        _VIEWS[name] = fn
+        return fn
+
+    return register
+
+
+@_view("build_tiny_model")
+def _tiny_model(cfg: Mapping[str, Any], component: str) -> dict[str, Any]:
+    view = {"seed": cfg["seed"], "spec": cfg["models"][component]["tiny"]}
+    if component == "encoder":
+        # the tiny tokenizer is trained on captions of the configured shapes world
+        view["vocabulary"] = {
+            k: cfg["data"]["sources"]["synthetic"][k] for k in ("classes", "colors", "textures")
+        }
+    return view
+
+
+@_view("data_collect")
+def _data_collect(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
+    return {"seed": cfg["seed"], "source": cfg["data"]["sources"][source]}
+
+
+@_view("data_caption")
+def _data_caption(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
+    captioning = cfg["data"]["captioning"]
+    view = {"seed": cfg["seed"], "draft": captioning["draft"][source], "refine": captioning["refine"]}
+    if view["draft"] == "vlm":
+        view["draft_model"] = captioning["draft_model"]
+    if view["refine"] == "llm":
+        view["refine_model"] = captioning["refine_model"]
+    return view
+
+
+@_view("data_build")
+def _data_build(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    data = cfg["data"]
+    return {"seed": cfg["seed"], **{k: data[k] for k in ("filters", "splits", "resolutions", "shard_size")}}
+
+
+@_view("pretrain_encoder")
+def _pretrain_encoder(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "seed": cfg["seed"],
+        "instruction": cfg["inference"]["caption"]["instruction"],
+        "encoder": cfg["pretrain"]["encoder"],
+    }
+
+
+@_view("pretrain_decoder")
+def _pretrain_decoder(cfg: Mapping[str, Any], phase: str) -> dict[str, Any]:
+    decoder = dict(cfg["pretrain"]["decoder"])
+    phases = decoder.pop("phases")
+    (selected,) = [p for p in phases if p["name"] == phase]
+    model = {k: v for k, v in cfg["models"]["decoder"].items() if k not in ("path", "tiny")}
+    return {
+        "seed": cfg["seed"],
+        "model": model,
+        "image_sampling": cfg["inference"]["image"],
+        "decoder": decoder,
+        "phase": selected,
+    }
+
+
+def stage_view(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> dict[str, Any]:
+    try:
+        view = _VIEWS[stage]
+    except KeyError:
+        raise KeyError(f"no config view for stage '{stage}'; known: {sorted(_VIEWS)}") from None
+    return view(cfg, **wildcards)
+
+
+def stage_hash(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> str:
+    return digest(stage_view(cfg, stage, **wildcards))

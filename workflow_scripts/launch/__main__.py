@@ -1,0 +1,78 @@
+"""Run one stage through the configured launcher: ``python -m workflow_scripts.launch STAGE ...``.
+
+Snakemake rules call this; it is also the way to run a stage by hand with the same guarantees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+from workflow_scripts.launch.job import JobSpec, StageJob, configure_logging, load_config
+from workflow_scripts.launch.launcher import JobFailedError, run
+from workflow_scripts.launch.stages import STAGES
+from workflow_scripts.layout import RunLayout
+
+log = logging.getLogger("workflow_scripts.launch")
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep:
+            raise SystemExit(f"expected NAME=VALUE, got {value!r}")
+        out[key] = item
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workflow_scripts.launch", description=__doc__)
+    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("--config", required=True, help="the run's config.resolved.json")
+    parser.add_argument("--stage-hash", required=True, help="hash of the stage's config view (from the DAG)")
+    parser.add_argument("--wildcard", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--output", action="append", default=[], metavar="NAME=PATH")
+    args = parser.parse_args(argv)
+
+    configure_logging()
+    spec = JobSpec(
+        stage=args.stage,
+        config=args.config,
+        stage_hash=args.stage_hash,
+        wildcards=_pairs(args.wildcard),
+        inputs=_pairs(args.input),
+        outputs=_pairs(args.output),
+    )
+    cfg, _ = load_config(spec)
+    layout = RunLayout.of(cfg)
+    resources = cfg.launcher.resources(args.stage)
+    spec = JobSpec(**{**spec.__dict__, "threads": resources.cpus_per_task})
+    label = "_".join([args.stage, *spec.wildcards.values()])
+    entry = STAGES[args.stage]
+    try:
+        results = run(
+            StageJob(spec, entry.run),
+            kind=cfg.launcher.kind,
+            folder=layout.jobs(label),
+            resources=resources,
+            name=f"umm-{cfg.run_name}-{label}",
+            poll_seconds=cfg.launcher.poll_seconds,
+            journal=layout.root / "logs" / "jobs.jsonl",
+        )
+    except JobFailedError as err:
+        log.error("%s", err)
+        return 1
+    if entry.gather:
+        module, _, name = entry.gather.partition(":")
+        getattr(importlib.import_module(module), name)(spec, results)
+    log.info("%s done: %s", label, json.dumps(results[0], default=str)[:500] if results else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

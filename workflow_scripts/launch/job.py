@@ -1,0 +1,117 @@
+"""A stage run as a submitit job: a picklable, checkpointable callable around one entry function."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from workflow_scripts.config.loader import digest, parse
+from workflow_scripts.config.root import UmmConfig
+from workflow_scripts.config.stages import stage_hash, stage_view
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    stage: str
+    config: str  # the run's resolved config (JSON)
+    stage_hash: str  # what the DAG recorded for this stage's view; checked before running
+    wildcards: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    threads: int = 1
+
+
+@dataclass
+class JobContext:
+    """What a stage entry function receives: the typed config, its own view, paths, and its rank."""
+
+    spec: JobSpec
+    cfg: UmmConfig
+    plain: dict[str, Any]
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def view_hash(self) -> str:
+        return self.spec.stage_hash
+
+    @property
+    def config_hash(self) -> str:
+        return digest(self.plain)
+
+    def view(self) -> dict[str, Any]:
+        return stage_view(self.plain, self.spec.stage, **self.spec.wildcards)
+
+    def input(self, name: str) -> Path:
+        return Path(self.spec.inputs[name])
+
+    def output(self, name: str) -> Path:
+        return Path(self.spec.outputs[name])
+
+
+def load_config(spec: JobSpec) -> tuple[UmmConfig, dict[str, Any]]:
+    plain = json.loads(Path(spec.config).read_text())
+    found = stage_hash(plain, spec.stage, **spec.wildcards)
+    if found != spec.stage_hash:
+        raise RuntimeError(
+            f"{spec.config} changed since the DAG was built (stage {spec.stage}: view hash {found} != "
+            f"{spec.stage_hash}); another snakemake invocation with a different config is running on the "
+            "same run directory. Use a different run_name per config."
+        )
+    return parse(plain), plain
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """Runs ``target(ctx)`` in every task of the job. On preemption or timeout submitit calls
+    ``checkpoint()``, which requeues a fresh instance; the stage resumes from its own on-disk checkpoints."""
+
+    def __init__(self, spec: JobSpec, target: str) -> None:
+        self.spec = spec
+        self.target = target
+
+    def __call__(self) -> Any:
+        configure_logging()
+        import torch
+
+        torch.set_num_threads(max(1, self.spec.threads))
+        cfg, plain = load_config(self.spec)
+        rank, world, local_rank = _task_geometry()
+        module, _, name = self.target.partition(":")
+        entry = getattr(importlib.import_module(module), name)
+        log.info(
+            "stage %s %s: task %d/%d (job %s)",
+            self.spec.stage,
+            self.spec.wildcards,
+            rank,
+            world,
+            os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "in-process"),
+        )
+        return entry(JobContext(self.spec, cfg, plain, rank, world, local_rank))
+
+
+def _task_geometry() -> tuple[int, int, int]:
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return 0, 1, 0
+    return env.global_rank, env.num_tasks, env.local_rank

@@ -1,0 +1,24 @@
+"""Every stage the launcher can run: its entry function (run in each task) and optional gather step
+(run once in the rule's own process with every task's return value)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    run: str  # "module:function" taking a JobContext
+    gather: str | None = None  # "module:function" taking (JobSpec, list of task results)
+
+
+STAGES: dict[str, StageEntry] = {
+    "build_tiny_model": StageEntry("workflow_scripts.models.stage:build_tiny_model"),
+    "data_collect": StageEntry("workflow_scripts.data.stage:collect"),
+    "data_caption": StageEntry(
+        "workflow_scripts.data.stage:caption", gather="workflow_scripts.data.stage:gather_captions"
+    ),
+    "data_build": StageEntry("workflow_scripts.data.stage:build"),
+    "pretrain_encoder": StageEntry("workflow_scripts.pretrain.encoder_sft:run"),
+    "pretrain_decoder": StageEntry("workflow_scripts.pretrain.decoder_flow:run"),
+}

@@ -1,0 +1,63 @@
+"""Where every artifact of a run lives. One run directory per experiment: <results_root>/<run_name>/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from workflow_scripts.config.root import UmmConfig
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @classmethod
+    def of(cls, cfg: UmmConfig) -> RunLayout:
+        return cls(Path(cfg.results_root) / cfg.run_name)
+
+    # --- config and bookkeeping -------------------------------------------------------------
+    @property
+    def resolved_config(self) -> Path:
+        return self.root / "config.resolved.json"
+
+    def log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def jobs(self, stage: str) -> Path:
+        """submitit's folder for a stage: pickled job, stdout/stderr per task, results."""
+        return self.root / "logs" / "jobs" / stage
+
+    def benchmark(self, name: str) -> Path:
+        return self.root / "benchmarks" / f"{name}.tsv"
+
+    # --- models -------------------------------------------------------------------------------
+    def tiny_model(self, component: str) -> Path:
+        return self.root / "models" / "tiny" / component
+
+    # --- data ---------------------------------------------------------------------------------
+    def raw(self, source: str) -> Path:
+        return self.root / "data" / "raw" / f"{source}.parquet"
+
+    def captions(self, source: str) -> Path:
+        return self.root / "data" / "captions" / f"{source}.parquet"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "data" / "shards"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "data" / "manifest.duckdb"
+
+    # --- training stages ----------------------------------------------------------------------
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "train" / stage
+
+    def final(self, stage: str) -> Path:
+        """The stage's exported model directory (the Snakemake output)."""
+        return self.stage_dir(stage) / "final"
+
+
+def decoder_stage(phase: str) -> str:
+    return f"pretrain_decoder_{phase}"

@@ -1,0 +1,94 @@
+"""Model configuration: where the encoder and decoder come from, and the tiny preset's shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from workflow_scripts.config.typed import doc
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TinyEncoderSpec:
+    """Shapes of the tiny Qwen2.5-VL built with random weights (tiny preset)."""
+
+    vocab_size: int = doc("Byte-level BPE vocabulary size, trained on the tiny caption corpus.")
+    hidden_size: int = doc("LLM hidden size.")
+    intermediate_size: int = doc("LLM MLP width.")
+    num_layers: int = doc("LLM decoder layers.")
+    num_heads: int = doc("LLM attention heads.")
+    num_kv_heads: int = doc("LLM key/value heads (GQA).")
+    vision_depth: int = doc("Vision transformer blocks.")
+    vision_hidden_size: int = doc("Vision transformer width.")
+    vision_heads: int = doc("Vision transformer heads.")
+    patch_size: int = doc("Vision patch size in pixels (Qwen2.5-VL: 14).")
+
+    def __post_init__(self) -> None:
+        head_dim = self.hidden_size // self.num_heads
+        if head_dim % 8:
+            raise ValueError(f"hidden_size/num_heads = {head_dim} must be a multiple of 8 (multimodal RoPE)")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TinyDecoderSpec:
+    """Shapes of the tiny SD3 MMDiT, VAE and CLIP text encoders (tiny preset)."""
+
+    num_layers: int = doc("MMDiT joint blocks.")
+    num_heads: int = doc("MMDiT attention heads.")
+    head_dim: int = doc("MMDiT head dimension.")
+    joint_attention_dim: int = doc("Width of the DiT's text stream input (SD3.5-large: 4096).")
+    patch_size: int = doc("DiT patch size on the latent grid (SD3: 2).")
+    latent_channels: int = doc("VAE latent channels (SD3: 16).")
+    vae_channels: list[int] = doc("VAE block widths; the VAE downsamples by 2**(len-1).")
+    clip_hidden_size: int = doc("Width of each tiny CLIP text encoder (pooled prompt embedding only).")
+    clip_projection_dim: int = doc("Projection width of each tiny CLIP text encoder.")
+    max_latent_size: int = doc("Largest latent side the positional embedding covers.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EncoderModelConfig:
+    path: str | None = doc(
+        "Local directory of a Qwen2.5-VL instruct model (paper: Qwen2.5-VL-3B-Instruct). "
+        "Used when models.source is 'local'."
+    )
+    tiny: TinyEncoderSpec | None = doc("Shapes built when models.source is 'tiny'.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DecoderModelConfig:
+    path: str | None = doc(
+        "Local diffusers directory of Stable Diffusion 3.5 Large (transformer, vae, scheduler, "
+        "text_encoder, text_encoder_2). Used when models.source is 'local'."
+    )
+    projector_hidden_size: int = doc(
+        "Hidden width of the LLM->DiT projector MLP (authors' release: 2048 -> 8192 -> GELU -> 4096)."
+    )
+    max_text_tokens: int = doc(
+        "Captions are read through the LLM and padded/truncated to this many tokens, so a sample's "
+        "conditioning never depends on what else is in its batch."
+    )
+    conditioning_role: str = doc("Chat role of the caption turn read by the LLM (authors: 'generate').")
+    tiny: TinyDecoderSpec | None = doc("Shapes built when models.source is 'tiny'.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelsConfig:
+    source: Literal["tiny", "local"] = doc(
+        "'tiny': build every component from the tiny specs with fixed-seed random weights and save it; "
+        "'local': load the published models from the configured paths. Later stages always load with "
+        "from_pretrained(local_dir) either way."
+    )
+    encoder: EncoderModelConfig = doc("Encoder (image -> long caption).")
+    decoder: DecoderModelConfig = doc("Decoder (long caption -> image).")
+
+    def __post_init__(self) -> None:
+        for name, part in (("encoder", self.encoder), ("decoder", self.decoder)):
+            if self.source == "tiny" and part.tiny is None:
+                raise ValueError(f"models.source is 'tiny' but models.{name}.tiny is null")
+            if self.source == "local" and not part.path:
+                raise ValueError(
+                    f"models.source is 'local' but models.{name}.path is not set: point it at the "
+                    f'local model directory, e.g. --config models="{{{name}: {{path: /models/...}}}}"'
+                )

@@ -1,0 +1,193 @@
+"""The decoder: SD3's MMDiT + VAE + flow-matching scheduler, conditioned through the encoder's LLM.
+
+As in the authors' release, a caption is read by the Qwen2.5-VL LLM; its last hidden states pass a
+projector MLP (LLM width -> hidden -> GELU -> DiT joint-attention width) and become the DiT's
+``prompt_embeds``. SD3's own CLIP encoders only give the pooled embedding of the empty prompt, computed
+once from the base model and stored with every trained decoder.
+
+A trained decoder directory is self-contained::
+
+    transformer/  vae/  scheduler/  projector/  conditioning.safetensors  uae_decoder.json
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from workflow_scripts.models.paths import DIFFUSERS_FILES, require_model_dir
+
+FORMAT_FILE = "uae_decoder.json"
+FORMAT_VERSION = 1
+
+
+class CaptionProjector(ModelMixin, ConfigMixin):
+    """LLM hidden states -> DiT joint-attention width (release: 2048 -> 8192 -> GELU -> 4096)."""
+
+    @register_to_config
+    def __init__(self, in_features: int, hidden_features: int, out_features: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(in_features, hidden_features),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden_features, out_features),
+        )
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden) * mask[..., None].to(hidden.dtype)
+
+
+@dataclass
+class Decoder:
+    transformer: SD3Transformer2DModel
+    vae: AutoencoderKL
+    scheduler: FlowMatchEulerDiscreteScheduler
+    projector: CaptionProjector
+    pooled_empty: torch.Tensor  # (1, pooled_projection_dim)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def to_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents. The posterior mean is used, so a sample's latent does not
+        depend on random state (ranks and resumes agree)."""
+        posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        return (posterior.mode() - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+    def pooled(self, batch: int) -> torch.Tensor:
+        return self.pooled_empty.expand(batch, -1)
+
+    def pipeline(self):
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline(
+            transformer=self.transformer,
+            vae=self.vae,
+            scheduler=self.scheduler,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor,
+        *,
+        seeds: Sequence[int],
+        steps: int,
+        guidance_scale: float,
+        resolution: int,
+    ) -> list[Image.Image]:
+        """Sample with diffusers' StableDiffusion3Pipeline; one generator per image, so an image depends
+        only on its own seed and caption, never on the batch it was drawn in."""
+        batch = prompt_embeds.shape[0]
+        device = prompt_embeds.device
+        pooled = self.pooled(batch).to(device, prompt_embeds.dtype)
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        out = self.pipeline()(
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled,
+            negative_prompt_embeds=negative_embeds.expand(batch, -1, -1)
+            if negative_embeds.shape[0] == 1
+            else negative_embeds,
+            negative_pooled_prompt_embeds=pooled,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            height=resolution,
+            width=resolution,
+            generator=generators,
+            output_type="pil",
+        )
+        return out.images
+
+    def save(self, out_dir: Path, *, metadata: dict) -> None:
+        out_dir = Path(out_dir)
+        self.transformer.save_pretrained(out_dir / "transformer")
+        self.vae.save_pretrained(out_dir / "vae")
+        self.scheduler.save_pretrained(out_dir / "scheduler")
+        self.projector.save_pretrained(out_dir / "projector")
+        save_file(
+            {"pooled_empty": self.pooled_empty.detach().cpu().contiguous()},
+            out_dir / "conditioning.safetensors",
+        )
+        (out_dir / FORMAT_FILE).write_text(
+            json.dumps({"format_version": FORMAT_VERSION, **metadata}, indent=2)
+        )
+
+
+def empty_prompt_pooled(
+    base_dir: Path, transformer: SD3Transformer2DModel, dtype: torch.dtype
+) -> torch.Tensor:
+    """SD3's pooled CLIP embedding of the empty prompt (T5 is never loaded)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        base_dir, transformer=transformer, vae=None, text_encoder_3=None, tokenizer_3=None, dtype=dtype
+    )
+    with torch.no_grad():
+        _, _, pooled, _ = pipe.encode_prompt(
+            prompt="", prompt_2="", prompt_3="", do_classifier_free_guidance=False
+        )
+    return pooled[:1].to(torch.float32)
+
+
+def load_decoder(
+    path,
+    *,
+    key: str = "models.decoder.path",
+    llm_hidden_size: int | None = None,
+    projector_hidden_size: int | None = None,
+    projector_seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Decoder:
+    """Load a trained decoder directory, or start one from an SD3 diffusers directory.
+
+    From an SD3 directory the projector is new (fixed-seed init) and needs ``llm_hidden_size`` and
+    ``projector_hidden_size``.
+    """
+    folder = Path(path) if path else None
+    if folder is not None and (folder / FORMAT_FILE).exists():
+        meta = json.loads((folder / FORMAT_FILE).read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{folder}: decoder format {meta.get('format_version')} != {FORMAT_VERSION}")
+        return Decoder(
+            transformer=SD3Transformer2DModel.from_pretrained(folder / "transformer", dtype=dtype),
+            vae=AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+            projector=CaptionProjector.from_pretrained(folder / "projector", dtype=dtype),
+            pooled_empty=load_file(folder / "conditioning.safetensors")["pooled_empty"].to(dtype),
+        )
+    folder = require_model_dir(path, key, expect=DIFFUSERS_FILES)
+    if llm_hidden_size is None or projector_hidden_size is None:
+        raise ValueError("starting from an SD3 directory needs llm_hidden_size and projector_hidden_size")
+    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", dtype=dtype)
+    torch.manual_seed(projector_seed)
+    projector = CaptionProjector(
+        in_features=llm_hidden_size,
+        hidden_features=projector_hidden_size,
+        out_features=transformer.config.joint_attention_dim,
+    )
+    if dtype != torch.float32:
+        projector = projector.to(dtype)
+    return Decoder(
+        transformer=transformer,
+        vae=AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+        projector=projector,
+        pooled_empty=empty_prompt_pooled(folder, transformer, dtype).to(dtype),
+    )

@@ -1,0 +1,155 @@
+"""The encoder: Qwen2.5-VL writes long captions; its LLM also reads captions for the decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from workflow_scripts.models.paths import require_model_dir
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoder:
+    model: torch.nn.Module  # Qwen2_5_VLForConditionalGeneration (possibly peft-wrapped)
+    processor: object  # Qwen2_5_VLProcessor
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def prompt(self, instruction: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def caption_inputs(self, images: Sequence[Image.Image], instruction: str) -> dict[str, torch.Tensor]:
+        """Left-padded prompts (image + instruction) ready for ``generate``."""
+        self.tokenizer.padding_side = "left"
+        return self.processor(
+            text=[self.prompt(instruction)] * len(images),
+            images=list(images),
+            return_tensors="pt",
+            padding=True,
+        )
+
+    def sft_batch(
+        self,
+        images: Sequence[Image.Image],
+        captions: Sequence[str],
+        instruction: str,
+        max_caption_tokens: int,
+    ) -> dict[str, torch.Tensor]:
+        """Prompt + caption + end-of-turn, right-padded; labels only on the caption and end-of-turn."""
+        self.tokenizer.padding_side = "right"
+        prompts = self.processor(
+            text=[self.prompt(instruction)] * len(images),
+            images=list(images),
+            return_tensors="pt",
+            padding=True,
+        )
+        pad = self.tokenizer.pad_token_id
+        rows, labels = [], []
+        for i, caption in enumerate(captions):
+            prompt_ids = prompts["input_ids"][i][prompts["attention_mask"][i].bool()].tolist()
+            caption_ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"][:max_caption_tokens]
+            target = [*caption_ids, self.end_of_turn_id]
+            rows.append(prompt_ids + target)
+            labels.append([IGNORE_INDEX] * len(prompt_ids) + target)
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            label_ids[i, : len(label)] = torch.tensor(label)
+            attention[i, : len(row)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": label_ids,
+            "pixel_values": prompts["pixel_values"],
+            "image_grid_thw": prompts["image_grid_thw"],
+            "mm_token_type_ids": (input_ids == self.image_token_id).int(),
+        }
+
+    @torch.no_grad()
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        instruction: str,
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        generator_seed: int,
+    ) -> list[str]:
+        device = next(self.model.parameters()).device
+        inputs = self.caption_inputs(images, instruction).to(device)
+        sampling = {"do_sample": temperature > 0}
+        if temperature > 0:
+            sampling["temperature"] = temperature
+        torch.manual_seed(generator_seed)
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def conditioning_ids(
+        self, captions: Sequence[str], role: str, max_tokens: int
+    ) -> dict[str, torch.Tensor]:
+        """Token ids of the captions as one chat turn of ``role``, right-padded to exactly ``max_tokens``."""
+        texts = [
+            self.processor.apply_chat_template([{"role": role, "content": [{"type": "text", "text": c}]}])
+            for c in captions
+        ]
+        self.tokenizer.padding_side = "right"
+        return self.tokenizer(
+            texts,
+            add_special_tokens=False,
+            padding="max_length",
+            truncation=True,
+            max_length=max_tokens,
+            return_tensors="pt",
+        )
+
+    def text_states(
+        self, captions: Sequence[str], role: str, max_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last LLM hidden states of each caption turn (B, max_tokens, H) and their mask (B, max_tokens).
+
+        Text only (no image), so multimodal RoPE reduces to ordinary positions. Padded positions are
+        zeroed: SD3's joint attention takes no text mask, so zeros are the closest to "absent".
+        """
+        device = next(self.model.parameters()).device
+        tokens = self.conditioning_ids(captions, role, max_tokens).to(device)
+        backbone = _backbone(self.model)
+        hidden = backbone(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        ).last_hidden_state
+        mask = tokens["attention_mask"].to(hidden.dtype)
+        return hidden * mask[..., None], tokens["attention_mask"]
+
+
+def _backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """Qwen2_5_VLModel under a (possibly peft-wrapped) Qwen2_5_VLForConditionalGeneration."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+def load_encoder(path, *, key: str = "models.encoder.path", dtype: torch.dtype = torch.float32) -> Encoder:
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    folder = require_model_dir(path, key)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(folder)
+    return Encoder(model=model, processor=processor)

@@ -1,0 +1,33 @@
+"""Stage entry: build one tiny-preset model with fixed-seed random weights and save it."""
+
+from __future__ import annotations
+
+from workflow_scripts import atomic, provenance
+from workflow_scripts.launch.job import JobContext
+from workflow_scripts.models import tiny
+
+
+def build_tiny_model(ctx: JobContext) -> dict:
+    component = ctx.spec.wildcards["component"]
+    cfg = ctx.cfg
+    out = ctx.output("model")
+    with atomic.directory(out) as tmp:
+        if component == "encoder":
+            synthetic = cfg.data.sources.synthetic
+            corpus = tiny.caption_corpus(cfg.seed, synthetic.classes, synthetic.colors, synthetic.textures)
+            tiny.build_encoder(cfg.models.encoder.tiny, cfg.seed, corpus, tmp)
+        elif component == "decoder":
+            tiny.build_decoder(cfg.models.decoder.tiny, cfg.seed, tmp)
+        else:
+            raise ValueError(f"no tiny model '{component}'")
+        provenance.write(
+            tmp / "provenance.json",
+            provenance.record(
+                stage=f"build_tiny_model/{component}",
+                config_hash=ctx.config_hash,
+                stage_hash=ctx.view_hash,
+                seed=cfg.seed,
+                inputs={},
+            ),
+        )
+    return {"component": component, "path": str(out)}

@@ -1,0 +1,217 @@
+"""Stage 1b: flow-matching fine-tune of the decoder (projector + MMDiT) on (long caption, image) pairs.
+
+Rectified-flow objective of SD3 (diffusers' SD3 training recipe): x_t = (1 - s) x_0 + s e with s from
+the scheduler's shifted sigma table at a logit-normal timestep; the DiT predicts v = e - x_0. The
+caption is read through the frozen encoder's LLM, then the trained projector.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+from workflow_scripts.data.shards import ShardDataset
+from workflow_scripts.launch.job import JobContext
+from workflow_scripts.layout import decoder_stage
+from workflow_scripts.models.config import DecoderModelConfig
+from workflow_scripts.models.decoder import CaptionProjector, Decoder, load_decoder
+from workflow_scripts.models.encoder import Encoder, load_encoder
+from workflow_scripts.pretrain.common import finalizer, identity, stage_paths
+from workflow_scripts.pretrain.config import DecoderPhaseConfig, DecoderPretrainConfig
+from workflow_scripts.seeding import derive_seed, seed_everything
+from workflow_scripts.train.batches import BatchPlan, Sample
+from workflow_scripts.train.loop import train
+from workflow_scripts.train.lora import add_lora, merged
+
+log = logging.getLogger(__name__)
+
+
+class DecoderTrainable(torch.nn.Module):
+    """The parts that learn: projector (always) and DiT (full or LoRA), as one module for accelerate."""
+
+    def __init__(self, projector: CaptionProjector, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.projector = projector
+        self.transformer = transformer
+
+    def forward(self, noisy, timesteps, text_hidden, text_mask, pooled) -> torch.Tensor:
+        prompt_embeds = self.projector(text_hidden, text_mask)
+        return self.transformer(
+            hidden_states=noisy,
+            timestep=timesteps,
+            encoder_hidden_states=prompt_embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, 3, R, R) in [-1, 1]
+    captions: list[str]
+    samples: list[Sample]
+
+
+@dataclass
+class DecoderFlowMatching:
+    cfg: DecoderPretrainConfig
+    phase: DecoderPhaseConfig
+    model_cfg: DecoderModelConfig
+    encoder: Encoder  # frozen: its LLM reads the captions
+    decoder: Decoder
+    dataset: ShardDataset
+    plan: BatchPlan
+    seed: int
+    name: str = "pretrain_decoder"
+
+    def __post_init__(self) -> None:
+        self.name = decoder_stage(self.phase.name)
+        self.encoder.model.requires_grad_(False).eval()
+        self.decoder.vae.requires_grad_(False).eval()
+        self.train_scheduler = copy.deepcopy(self.decoder.scheduler)
+
+    def trainable(self) -> torch.nn.Module:
+        transformer = self.decoder.transformer
+        if self.cfg.transformer == "lora":
+            transformer.requires_grad_(False)
+            transformer = add_lora(transformer, self.cfg.lora)
+        self.decoder.projector.requires_grad_(True)
+        return DecoderTrainable(self.decoder.projector, transformer)
+
+    def micro_batches(self, step: int, rank: int, world: int) -> list[Batch]:
+        batches = []
+        for chunk in self.plan.micro_batches(step, rank, world):
+            records = [self.dataset[s.index] for s in chunk]
+            pixels = torch.stack([_to_tensor(r.image) for r in records])
+            captions = [
+                ""
+                if _uniform(self.seed, "caption_dropout", s.position) < self.cfg.caption_dropout
+                else r.caption
+                for s, r in zip(chunk, records, strict=True)
+            ]
+            batches.append(Batch(pixels, captions, chunk))
+        return batches
+
+    def loss(self, model: torch.nn.Module, batch: Batch, step: int):
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            latents = self.decoder.to_latents(batch.pixels.to(device))
+            text_hidden, text_mask = self.encoder.text_states(
+                batch.captions, self.model_cfg.conditioning_role, self.model_cfg.max_text_tokens
+            )
+        # one generator per sample, keyed by its stream position: identical whatever the world size
+        noise, indices = [], []
+        steps = self.train_scheduler.config.num_train_timesteps
+        for sample, latent in zip(batch.samples, latents, strict=True):
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, "noise", sample.position))
+            u = compute_density_for_timestep_sampling(
+                self.cfg.weighting_scheme, 1, self.cfg.logit_mean, self.cfg.logit_std, generator=gen
+            )
+            indices.append(min(int(u.item() * steps), steps - 1))
+            noise.append(torch.randn(latent.shape, generator=gen))
+        noise = torch.stack(noise).to(device, latents.dtype)
+        index = torch.tensor(indices)
+        timesteps = self.train_scheduler.timesteps[index].to(device)
+        sigmas = self.train_scheduler.sigmas[index].to(device, latents.dtype).view(-1, 1, 1, 1)
+        noisy = (1.0 - sigmas) * latents + sigmas * noise
+        pred = model(
+            noisy, timesteps, text_hidden, text_mask, self.decoder.pooled(len(batch.captions)).to(device)
+        )
+        weighting = compute_loss_weighting_for_sd3(self.cfg.weighting_scheme, sigmas)
+        target = noise - latents
+        per_sample = (weighting.float() * (pred.float() - target.float()) ** 2).flatten(1).mean(1)
+        return per_sample.mean(), {"sigma_mean": float(sigmas.mean())}
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> None:
+        self.decoder.transformer = merged(model.transformer)
+        self.decoder.projector = model.projector
+        self.decoder.save(
+            out_dir,
+            metadata={
+                "conditioning_role": self.model_cfg.conditioning_role,
+                "max_text_tokens": self.model_cfg.max_text_tokens,
+                "llm_hidden_size": self.decoder.projector.config.in_features,
+                "resolution": self.phase.resolution,
+            },
+        )
+
+
+def _to_tensor(image) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _uniform(seed: int, *names: object) -> float:
+    return np.random.default_rng(derive_seed(seed, *names)).random()
+
+
+def previews(task: DecoderFlowMatching, ctx: JobContext, out_dir: Path) -> None:
+    """Draw a few validation captions with the just-trained decoder (sanity pictures for the report)."""
+    count = task.cfg.previews
+    if count <= 0:
+        return
+    val = ShardDataset(ctx.input("shards"), "val", task.phase.resolution)
+    records = [val[i] for i in range(min(count, len(val)))]
+    sampling = ctx.cfg.inference.image
+    folder = out_dir / "previews"
+    folder.mkdir()
+    role, width = task.model_cfg.conditioning_role, task.model_cfg.max_text_tokens
+    task.decoder.transformer.eval()
+    with torch.no_grad():
+        embeds = task.decoder.projector(*task.encoder.text_states([r.caption for r in records], role, width))
+        negative = task.decoder.projector(*task.encoder.text_states([sampling.negative_prompt], role, width))
+        seeds = [derive_seed(ctx.cfg.seed, "preview", r.image_id) for r in records]
+        pictures = task.decoder.generate(
+            embeds,
+            negative,
+            seeds=seeds,
+            steps=sampling.steps,
+            guidance_scale=sampling.guidance_scale,
+            resolution=task.phase.resolution,
+        )
+    index = []
+    for i, (record, picture, seed) in enumerate(zip(records, pictures, seeds, strict=True)):
+        picture.save(folder / f"{i:03d}.png")
+        record.image.save(folder / f"{i:03d}_original.png")
+        index.append(
+            {"file": f"{i:03d}.png", "image_id": record.image_id, "caption": record.caption, "seed": seed}
+        )
+    (folder / "index.json").write_text(json.dumps(index, indent=2))
+
+
+def run(ctx: JobContext) -> dict:
+    phase_name = ctx.spec.wildcards["phase"]
+    cfg = ctx.cfg.pretrain.decoder
+    (phase,) = [p for p in cfg.phases if p.name == phase_name]
+    model_cfg = ctx.cfg.models.decoder
+    seed = derive_seed(ctx.cfg.seed, "pretrain_decoder", phase.name)
+    seed_everything(seed)
+    encoder = load_encoder(ctx.input("encoder"), key="pretrain_encoder output")
+    decoder = load_decoder(
+        ctx.input("decoder"),
+        llm_hidden_size=encoder.model.config.text_config.hidden_size,
+        projector_hidden_size=model_cfg.projector_hidden_size,
+        projector_seed=derive_seed(ctx.cfg.seed, "projector_init"),
+    )
+    dataset = ShardDataset(ctx.input("shards"), "train", phase.resolution)
+    plan = BatchPlan(len(dataset), phase.loop.batch_size, phase.loop.micro_batch_size, seed)
+    task = DecoderFlowMatching(cfg, phase, model_cfg, encoder, decoder, dataset, plan, seed)
+    paths = stage_paths(ctx)
+    run_identity = identity(ctx)
+    record = finalizer(
+        ctx, paths, run_identity, {"train_images": len(dataset), "resolution": phase.resolution}
+    )
+
+    def finalize(tmp: Path) -> None:
+        previews(task, ctx, tmp)
+        record(tmp)
+
+    summary = train(task, phase.loop, paths, identity=run_identity, finalize=finalize)
+    return {**summary, "train_images": len(dataset)}

@@ -1,0 +1,70 @@
+"""Process groups and the accelerate wrapper. Model code never touches ranks or devices; this module does.
+
+Inside a submitit job with several tasks, submitit's ``TorchDistributedEnvironment`` exports RANK,
+WORLD_SIZE, MASTER_ADDR/PORT and LOCAL_RANK; accelerate then initialises torch.distributed from them
+(nccl on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from workflow_scripts.train.config import LoopConfig
+
+log = logging.getLogger(__name__)
+
+
+def export_submitit_environment() -> None:
+    """Set the torch.distributed variables from submitit's job environment (no-op outside a job)."""
+    if "RANK" in os.environ or not _in_submitit_job():
+        return
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def _in_submitit_job() -> bool:
+    try:
+        import submitit
+
+        submitit.JobEnvironment()
+    except RuntimeError:
+        return False
+    return True
+
+
+def make_accelerator(loop: LoopConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    export_submitit_environment()
+    on_gpu = torch.cuda.is_available()
+    kwargs = {}
+    if loop.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not on_gpu:
+            raise RuntimeError(
+                "pretrain/...loop.distributed = 'fsdp' needs GPUs; use 'ddp' on CPU (the tiny preset does)"
+            )
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            fsdp_version=2, reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT"
+        )
+    accelerator = Accelerator(
+        cpu=not on_gpu,
+        mixed_precision=loop.mixed_precision if on_gpu else "no",
+        step_scheduler_with_optimizer=False,
+        **kwargs,
+    )
+    if accelerator.is_main_process:
+        log.info(
+            "accelerate: %s, %d process(es), device %s, mixed precision %s",
+            accelerator.distributed_type,
+            accelerator.num_processes,
+            accelerator.device,
+            accelerator.mixed_precision,
+        )
+    return accelerator

@@ -1,0 +1,181 @@
+"""The training loop every stage shares: accumulation, clipping, NaN guard, metrics, checkpoints, export.
+
+A stage supplies a :class:`TrainTask` (what to train, its batches, its loss, how to export); the loop
+never decides anything stage-specific, and the checkpointer decides when to save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from workflow_scripts import atomic
+from workflow_scripts.train.checkpoint import Checkpointer
+from workflow_scripts.train.config import LoopConfig
+from workflow_scripts.train.dist import make_accelerator
+from workflow_scripts.train.metrics import MetricsLog
+from workflow_scripts.train.optim import build_optimizer, build_schedule
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/inf; training stopped before touching any checkpoint."""
+
+
+class TrainTask(Protocol):
+    name: str
+
+    def trainable(self) -> torch.nn.Module:
+        """The module accelerate wraps; only its parameters with requires_grad are optimised."""
+
+    def micro_batches(self, step: int, rank: int, world: int) -> list[Any]:
+        """This process's micro-batches of ``step`` (deterministic in step, rank, world)."""
+
+    def loss(self, model: torch.nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss of one micro-batch, and extra metrics to log."""
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """Write the trained model (HF/safetensors directories) into ``out_dir``."""
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    checkpoints: Path
+    metrics: Path
+    final: Path
+
+
+def train(
+    task: TrainTask,
+    loop: LoopConfig,
+    paths: StagePaths,
+    *,
+    identity: str,
+    finalize: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
+    """Train to ``loop.steps`` (resuming from the newest checkpoint of ``identity``) and export atomically.
+
+    ``finalize(tmp_dir)`` runs on the main process after ``task.export`` inside the temporary export
+    directory (provenance, metrics copy), before it is moved into place.
+    """
+    acc = make_accelerator(loop)
+    accumulation = loop.accumulation(acc.num_processes)
+    model = task.trainable()
+    if loop.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    optimizer = build_optimizer(model.parameters(), loop.optim)
+    schedule = build_schedule(optimizer, loop.optim, loop.steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(schedule)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    checkpointer = Checkpointer(paths.checkpoints, acc, identity, loop.checkpoint)
+    start = checkpointer.resume()
+    metrics = MetricsLog(paths.metrics, enabled=acc.is_main_process, resume_step=start)
+    if acc.is_main_process:
+        trainable = sum(p.numel() for p in params)
+        log.info(
+            "%s: steps %d..%d, global batch %d = %d micro x %d processes x %d accumulation, %d trainable",
+            task.name,
+            start,
+            loop.steps,
+            loop.batch_size,
+            loop.micro_batch_size,
+            acc.num_processes,
+            accumulation,
+            trainable,
+        )
+
+    model.train()
+    progress = tqdm(
+        range(start, loop.steps),
+        initial=start,
+        total=loop.steps,
+        desc=task.name,
+        unit="step",
+        disable=not acc.is_main_process,
+        mininterval=2.0,
+    )
+    for step in progress:
+        began = time.perf_counter()
+        micro = task.micro_batches(step, acc.process_index, acc.num_processes)
+        if len(micro) != accumulation:
+            raise RuntimeError(f"{task.name}: {len(micro)} micro-batches for accumulation {accumulation}")
+        loss_sum = torch.zeros((), device=acc.device)
+        extras: dict[str, float] = {}
+        for i, batch in enumerate(micro):
+            syncing = i == len(micro) - 1
+            with contextlib.nullcontext() if syncing else acc.no_sync(model):
+                loss, logs = task.loss(model, batch, step)
+                acc.backward(loss / accumulation)
+            loss_sum += loss.detach() / accumulation
+            for key, value in logs.items():
+                extras[key] = extras.get(key, 0.0) + float(value) / accumulation
+        loss_mean = acc.reduce(loss_sum, reduction="mean")
+        grad_norm = _grad_norm(acc, params, loop.optim.grad_clip)
+        if not (torch.isfinite(loss_mean) and torch.isfinite(grad_norm)):
+            last = checkpointer.latest()
+            where = f"{last[1]} (step {last[0]})" if last else "none yet"
+            raise NonFiniteLossError(
+                f"{task.name}: non-finite loss {loss_mean.item()} / grad norm {grad_norm.item()} at step "
+                f"{step + 1}; nothing was saved after it. Last good checkpoint: {where}. Lower the "
+                "learning rate or enable gradient clipping, then re-run the rule: it resumes from there."
+            )
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        elapsed = time.perf_counter() - began
+        done = step + 1
+        if done % loop.log_every == 0 or done == loop.steps:
+            reduced = {
+                k: acc.reduce(torch.tensor(v, device=acc.device), reduction="mean").item()
+                for k, v in extras.items()
+            }
+            metrics.log(
+                done,
+                loss=loss_mean.item(),
+                lr=schedule.get_last_lr()[0],
+                grad_norm=grad_norm.item(),
+                step_seconds=elapsed,
+                samples_per_second=loop.batch_size / elapsed,
+                **reduced,
+            )
+        progress.set_postfix(loss=f"{loss_mean.item():.4f}")
+        checkpointer.maybe_save(done, final=done == loop.steps)
+    metrics.close()
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        with atomic.directory(paths.final) as tmp:
+            task.export(acc.unwrap_model(model), tmp)
+            if finalize is not None:
+                finalize(tmp)
+        log.info("%s: exported %s", task.name, paths.final)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return {"steps": loop.steps, "resumed_from": start, "world_size": acc.num_processes}
+
+
+def _grad_norm(acc, params: list[torch.nn.Parameter], clip: float) -> torch.Tensor:
+    if clip > 0:
+        return torch.as_tensor(acc.clip_grad_norm_(params, clip), device=acc.device).float()
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros((), device=acc.device)
+
+
+def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on activation recomputation in every transformers/diffusers model inside ``model``."""
+    for module in model.modules():
+        if getattr(module, "supports_gradient_checkpointing", False):  # transformers
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif getattr(module, "_supports_gradient_checkpointing", False):  # diffusers
+            module.enable_gradient_checkpointing()

@@ -1,0 +1,27 @@
+"""Optimiser and learning-rate schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from transformers import get_scheduler
+
+from workflow_scripts.train.config import OptimConfig
+
+_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=False
+    )
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    return get_scheduler(
+        _SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps
+    )
