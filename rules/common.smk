@@ -10,7 +10,7 @@ LAYOUT = RUN.layout
 ENV = "../envs/umm.yaml"
 
 # every stage runs through the same launcher (submitit: local, in-process or Slurm)
-LAUNCH = "python -m workflow_scripts.launch {params.launch} > {log} 2>&1"
+LAUNCH = "python -m workflow_scripts.launch {params.launch} --stage-hash {params.stage_hash} > {log} 2>&1"
 
 
 wildcard_constraints:

@@ -9,6 +9,7 @@ rule data_collect:
         ENV
     threads: RUN.threads("data_collect")
     params:
+        stage_hash=RUN.stage_hash_of("data_collect"),
         launch=RUN.launch_args("data_collect"),
     shell:
         LAUNCH
@@ -27,6 +28,7 @@ rule data_caption:
         ENV
     threads: RUN.threads("data_caption")
     params:
+        stage_hash=RUN.stage_hash_of("data_caption"),
         launch=RUN.launch_args("data_caption"),
     shell:
         LAUNCH
@@ -47,6 +49,7 @@ rule data_build:
         ENV
     threads: RUN.threads("data_build")
     params:
+        stage_hash=RUN.stage_hash_of("data_build"),
         launch=RUN.launch_args("data_build"),
     shell:
         LAUNCH

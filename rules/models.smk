@@ -9,6 +9,7 @@ rule build_tiny_model:
         ENV
     threads: RUN.threads("build_tiny_model")
     params:
+        stage_hash=RUN.stage_hash_of("build_tiny_model"),
         launch=RUN.launch_args("build_tiny_model"),
     shell:
         LAUNCH

@@ -12,6 +12,7 @@ rule pretrain_encoder:
         ENV
     threads: RUN.threads("pretrain_encoder")
     params:
+        stage_hash=RUN.stage_hash_of("pretrain_encoder"),
         launch=RUN.launch_args("pretrain_encoder"),
     shell:
         LAUNCH
@@ -32,6 +33,7 @@ rule pretrain_decoder:
         ENV
     threads: RUN.threads("pretrain_decoder")
     params:
+        stage_hash=RUN.stage_hash_of("pretrain_decoder"),
         launch=RUN.launch_args("pretrain_decoder"),
     shell:
         LAUNCH

@@ -110,7 +110,7 @@ def test_sbatch_snapshot(repo):
     from pathlib import Path
 
     cfg = parse(resolve({"preset": "paper", **PAPER_PATHS}))
-    folder = Path("results/paper/logs/jobs/pretrain_decoder_lowres")
+    folder = Path("/shared/umm/results/paper/logs/jobs/pretrain_decoder_lowres")  # absolute: as on a cluster
     text = sbatch_script(
         folder, cfg.launcher.resources("pretrain_decoder"), "umm-paper-pretrain_decoder_lowres"
     )

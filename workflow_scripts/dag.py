@@ -94,21 +94,23 @@ class Run:
             return self.base_model("decoder")
         return str(self.layout.final(decoder_stage(self.phases[index - 1])))
 
-    def launch_args(self, stage: str) -> Callable[..., str]:
-        """A params function: the launcher's arguments for one job of ``stage``.
+    def stage_hash_of(self, stage: str) -> Callable[[Any], str]:
+        """A params function of the wildcards alone: the hash of the config values ``stage`` reads.
 
-        It holds the hash of the stage's config view, so Snakemake's params trigger re-runs the stage
-        exactly when a value it reads changes.
+        Snakemake's params trigger compares only params that do not derive from input/output files,
+        so this one re-runs the stage exactly when a value it reads changes.
         """
 
+        def of(wildcards) -> str:
+            return stage_hash(self.plain, stage, **dict(wildcards.items()))
+
+        return of
+
+    def launch_args(self, stage: str) -> Callable[..., str]:
+        """A params function: the launcher's stage, config, wildcards and named files of one job."""
+
         def args(wildcards, input, output) -> str:  # Snakemake passes these by name
-            parts = [
-                stage,
-                "--config",
-                self.config_path,
-                "--stage-hash",
-                stage_hash(self.plain, stage, **dict(wildcards.items())),
-            ]
+            parts = [stage, "--config", self.config_path]
             parts += [f"--wildcard {k}={v}" for k, v in wildcards.items()]
             parts += [f"--input {k}={v}" for k, v in input.items()]
             parts += [f"--output {k}={v}" for k, v in output.items()]
