@@ -262,3 +262,24 @@ def test_bad_config_fails_at_load_naming_the_key(tmp_path):
     assert result.returncode != 0
     assert "pretrain.encoder.lopp" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_decoder_lora_checkpoints_hold_adapters_that_load_over_their_base(tiny_dag, tmp_path):
+    from workflow_scripts.models.decoder import load_decoder
+
+    lora = {"launcher": {"kind": "inline"}, "pretrain": {"decoder": {"transformer": "lora"}}}
+    command = _decoder_phase_command(tiny_dag, tmp_path, steps=4, **lora)
+    subprocess.run(command, check=True, capture_output=True, cwd=tiny_dag)
+    checkpoint = sorted((tmp_path / "checkpoints").glob("step_*"))[-1] / "model"
+    assert (checkpoint / "transformer_adapter/adapter_config.json").exists()
+    assert not (checkpoint / "vae").exists()  # read from the base decoder when loading
+    from_checkpoint = load_decoder(checkpoint).transformer.state_dict()
+    final = load_decoder(tmp_path / "final").transformer.state_dict()
+    base = load_decoder(
+        tiny_dag / "results/ci/models/tiny/decoder", llm_hidden_size=64, projector_hidden_size=8
+    )
+    assert from_checkpoint.keys() == final.keys()
+    for key in final:
+        torch.testing.assert_close(from_checkpoint[key], final[key])
+    changed = [k for k, v in base.transformer.state_dict().items() if not torch.equal(v, final[k])]
+    assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out", "add_")) for k in changed)

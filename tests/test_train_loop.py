@@ -62,9 +62,10 @@ class Regression:
             loss = loss * float("nan")
         return loss, {"x_mean": float(x.mean())}
 
-    def export(self, model, out_dir: Path):
+    def export(self, model, out_dir: Path, *, final: bool):
         from safetensors.torch import save_file
 
+        out_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
 
 
@@ -98,6 +99,12 @@ def test_training_learns_checkpoints_and_logs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000050", "step_00000060"]
     assert summary == {"steps": 60, "resumed_from": 0, "world_size": 1}
     assert (tmp_path / "final" / "model.safetensors").exists()
+    # every checkpoint carries the model as the stage exports it
+    at_50 = load_file(tmp_path / "checkpoints/step_00000050/model/model.safetensors")
+    at_60 = load_file(tmp_path / "checkpoints/step_00000060/model/model.safetensors")
+    final = load_file(tmp_path / "final/model.safetensors")
+    assert all(torch.equal(at_60[k], final[k]) for k in final)
+    assert not all(torch.equal(at_50[k], final[k]) for k in final)
 
 
 def test_resume_equals_uninterrupted(tmp_path):

@@ -8,11 +8,15 @@ once from the base model and stored with every trained decoder.
 A trained decoder directory is self-contained::
 
     transformer/  vae/  scheduler/  projector/  conditioning.safetensors  uae_decoder.json
+
+or, for a LoRA checkpoint taken during training, adapter-only: ``transformer_adapter/ projector/
+uae_decoder.json`` whose ``base`` names the decoder directory the adapter applies to.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +120,7 @@ class Decoder:
         return out.images
 
     def save(self, out_dir: Path, *, metadata: dict) -> None:
+        """A self-contained decoder directory."""
         out_dir = Path(out_dir)
         self.transformer.save_pretrained(out_dir / "transformer")
         self.vae.save_pretrained(out_dir / "vae")
@@ -127,6 +132,17 @@ class Decoder:
         )
         (out_dir / FORMAT_FILE).write_text(
             json.dumps({"format_version": FORMAT_VERSION, **metadata}, indent=2)
+        )
+
+    def save_adapter(self, out_dir: Path, adapted_transformer, *, base: Path, metadata: dict) -> None:
+        """Only what training changed: the DiT's LoRA adapter (unmerged) and the projector; the rest
+        comes from ``base`` (stored relative to ``out_dir``) when loading."""
+        out_dir = Path(out_dir)
+        adapted_transformer.save_pretrained(out_dir / "transformer_adapter")
+        self.projector.save_pretrained(out_dir / "projector")
+        relative = os.path.relpath(Path(base).resolve(), out_dir.resolve())
+        (out_dir / FORMAT_FILE).write_text(
+            json.dumps({"format_version": FORMAT_VERSION, "base": relative, **metadata}, indent=2)
         )
 
 
@@ -146,6 +162,45 @@ def empty_prompt_pooled(
     return pooled[:1].to(torch.float32)
 
 
+def _sd3_parts(folder: Path, dtype: torch.dtype):
+    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", dtype=dtype)
+    return (
+        transformer,
+        AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype),
+        FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+        empty_prompt_pooled(folder, transformer, dtype).to(dtype),
+    )
+
+
+def _trained_parts(folder: Path, meta: dict, dtype: torch.dtype):
+    """(transformer, vae, scheduler, pooled) of a trained directory, full or adapter-only."""
+    if "base" not in meta:
+        return (
+            SD3Transformer2DModel.from_pretrained(folder / "transformer", dtype=dtype),
+            AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype),
+            FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+            load_file(folder / "conditioning.safetensors")["pooled_empty"].to(dtype),
+        )
+    from peft import PeftModel
+
+    base = (folder / meta["base"]).resolve()
+    if (base / FORMAT_FILE).exists():
+        transformer, vae, scheduler, pooled = _trained_parts(base, _read_meta(base), dtype)
+    else:
+        transformer, vae, scheduler, pooled = _sd3_parts(
+            require_model_dir(base, "decoder base", DIFFUSERS_FILES), dtype
+        )
+    adapted = PeftModel.from_pretrained(transformer, folder / "transformer_adapter").merge_and_unload()
+    return adapted, vae, scheduler, pooled
+
+
+def _read_meta(folder: Path) -> dict:
+    meta = json.loads((folder / FORMAT_FILE).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder}: decoder format {meta.get('format_version')} != {FORMAT_VERSION}")
+    return meta
+
+
 def load_decoder(
     path,
     *,
@@ -155,27 +210,21 @@ def load_decoder(
     projector_seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Decoder:
-    """Load a trained decoder directory, or start one from an SD3 diffusers directory.
+    """Load a trained decoder directory (full, or LoRA adapter over its base), or start one from an SD3
+    diffusers directory.
 
     From an SD3 directory the projector is new (fixed-seed init) and needs ``llm_hidden_size`` and
     ``projector_hidden_size``.
     """
     folder = Path(path) if path else None
     if folder is not None and (folder / FORMAT_FILE).exists():
-        meta = json.loads((folder / FORMAT_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder}: decoder format {meta.get('format_version')} != {FORMAT_VERSION}")
-        return Decoder(
-            transformer=SD3Transformer2DModel.from_pretrained(folder / "transformer", dtype=dtype),
-            vae=AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype),
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
-            projector=CaptionProjector.from_pretrained(folder / "projector", dtype=dtype),
-            pooled_empty=load_file(folder / "conditioning.safetensors")["pooled_empty"].to(dtype),
-        )
+        transformer, vae, scheduler, pooled = _trained_parts(folder, _read_meta(folder), dtype)
+        projector = CaptionProjector.from_pretrained(folder / "projector", dtype=dtype)
+        return Decoder(transformer, vae, scheduler, projector, pooled)
     folder = require_model_dir(path, key, expect=DIFFUSERS_FILES)
     if llm_hidden_size is None or projector_hidden_size is None:
         raise ValueError("starting from an SD3 directory needs llm_hidden_size and projector_hidden_size")
-    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", dtype=dtype)
+    transformer, vae, scheduler, pooled = _sd3_parts(folder, dtype)
     torch.manual_seed(projector_seed)
     projector = CaptionProjector(
         in_features=llm_hidden_size,
@@ -184,10 +233,4 @@ def load_decoder(
     )
     if dtype != torch.float32:
         projector = projector.to(dtype)
-    return Decoder(
-        transformer=transformer,
-        vae=AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype),
-        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
-        projector=projector,
-        pooled_empty=empty_prompt_pooled(folder, transformer, dtype).to(dtype),
-    )
+    return Decoder(transformer, vae, scheduler, projector, pooled)

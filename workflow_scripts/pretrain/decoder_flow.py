@@ -69,6 +69,7 @@ class DecoderFlowMatching:
     dataset: ShardDataset
     plan: BatchPlan
     seed: int
+    start: Path  # the decoder directory this phase starts from
     name: str = "pretrain_decoder"
 
     def __post_init__(self) -> None:
@@ -129,18 +130,20 @@ class DecoderFlowMatching:
         per_sample = (weighting.float() * (pred.float() - target.float()) ** 2).flatten(1).mean(1)
         return per_sample.mean(), {"sigma_mean": float(sigmas.mean())}
 
-    def export(self, model: torch.nn.Module, out_dir: Path) -> None:
-        self.decoder.transformer = merged(model.transformer)
+    def export(self, model: torch.nn.Module, out_dir: Path, *, final: bool) -> None:
+        """A self-contained decoder; LoRA checkpoints during training keep the adapter unmerged."""
+        metadata = {
+            "conditioning_role": self.model_cfg.conditioning_role,
+            "max_text_tokens": self.model_cfg.max_text_tokens,
+            "llm_hidden_size": model.projector.config.in_features,
+            "resolution": self.phase.resolution,
+        }
         self.decoder.projector = model.projector
-        self.decoder.save(
-            out_dir,
-            metadata={
-                "conditioning_role": self.model_cfg.conditioning_role,
-                "max_text_tokens": self.model_cfg.max_text_tokens,
-                "llm_hidden_size": self.decoder.projector.config.in_features,
-                "resolution": self.phase.resolution,
-            },
-        )
+        if self.cfg.transformer == "lora" and not final:
+            self.decoder.save_adapter(out_dir, model.transformer, base=self.start, metadata=metadata)
+            return
+        self.decoder.transformer = merged(model.transformer)
+        self.decoder.save(out_dir, metadata=metadata)
 
 
 def _to_tensor(image) -> torch.Tensor:
@@ -202,7 +205,9 @@ def run(ctx: JobContext) -> dict:
     )
     dataset = ShardDataset(ctx.input("shards"), "train", phase.resolution)
     plan = BatchPlan(len(dataset), phase.loop.batch_size, phase.loop.micro_batch_size, seed)
-    task = DecoderFlowMatching(cfg, phase, model_cfg, encoder, decoder, dataset, plan, seed)
+    task = DecoderFlowMatching(
+        cfg, phase, model_cfg, encoder, decoder, dataset, plan, seed, ctx.input("decoder")
+    )
     paths = stage_paths(ctx)
     run_identity = identity(ctx)
     record = finalizer(

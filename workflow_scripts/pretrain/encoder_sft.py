@@ -65,12 +65,16 @@ class EncoderSFT:
         tokens = int((batch["labels"] != -100).sum())
         return out.loss, {"caption_tokens": tokens}
 
-    def export(self, model: torch.nn.Module, out_dir: Path) -> None:
-        if self.cfg.method == "lora":
-            model.save_pretrained(out_dir / "adapter")
-        full = merged(model)
-        full.save_pretrained(out_dir)
+    def export(self, model: torch.nn.Module, out_dir: Path, *, final: bool) -> None:
+        """Full fine-tuning: the model. LoRA: the adapter, plus (final) the merged model."""
+        out_dir.mkdir(parents=True, exist_ok=True)
         self.encoder.processor.save_pretrained(out_dir)
+        if self.cfg.method == "full":
+            model.save_pretrained(out_dir)
+            return
+        model.save_pretrained(out_dir / "adapter")
+        if final:
+            merged(model).save_pretrained(out_dir)
 
 
 def run(ctx: JobContext) -> dict:

@@ -4,6 +4,8 @@ Layout under the stage's checkpoint folder::
 
     step_00000040/   accelerate.save_state output (model, optimizer, RNG of every rank, registered
                      objects such as the LR schedule) + checkpoint.json (step, identity)
+        model/       the model as HF/safetensors directories (the stage's export, adapters unmerged),
+                     loadable with from_pretrained like the stage's final output
     stale-<time>/    checkpoints of an earlier identity (config or inputs changed), moved aside
 
 A checkpoint is first written as ``.tmp-step_*`` and renamed when every rank has finished; a kill
@@ -17,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from workflow_scripts.train.config import CheckpointConfig
@@ -27,8 +30,16 @@ META = "checkpoint.json"
 
 
 class Checkpointer:
-    def __init__(self, folder: str | os.PathLike, accelerator, identity: str, cfg: CheckpointConfig) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        accelerator,
+        identity: str,
+        cfg: CheckpointConfig,
+        export: Callable[[Path], None] | None = None,
+    ) -> None:
         self.folder = Path(folder)
+        self.export = export
         self.accelerator = accelerator
         self.identity = identity
         self.cfg = cfg
@@ -98,6 +109,8 @@ class Checkpointer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            if self.export is not None:
+                self.export(tmp / "model")
             (tmp / META).write_text(
                 json.dumps({"step": step, "identity": self.identity, "time": time.time()})
             )

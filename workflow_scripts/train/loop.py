@@ -43,8 +43,12 @@ class TrainTask(Protocol):
     def loss(self, model: torch.nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean loss of one micro-batch, and extra metrics to log."""
 
-    def export(self, model: torch.nn.Module, out_dir: Path) -> None:
-        """Write the trained model (HF/safetensors directories) into ``out_dir``."""
+    def export(self, model: torch.nn.Module, out_dir: Path, *, final: bool) -> None:
+        """Write the model as HF/safetensors directories into ``out_dir``.
+
+        Called at every checkpoint (``final=False``: must leave the training weights untouched, e.g.
+        write LoRA adapters unmerged) and once at the end (``final=True``: may merge adapters).
+        """
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,13 @@ def train(
     acc.register_for_checkpointing(schedule)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    checkpointer = Checkpointer(paths.checkpoints, acc, identity, loop.checkpoint)
+    checkpointer = Checkpointer(
+        paths.checkpoints,
+        acc,
+        identity,
+        loop.checkpoint,
+        export=lambda folder: task.export(acc.unwrap_model(model), folder, final=False),
+    )
     start = checkpointer.resume()
     metrics = MetricsLog(paths.metrics, enabled=acc.is_main_process, resume_step=start)
     if acc.is_main_process:
@@ -156,7 +166,7 @@ def train(
     acc.wait_for_everyone()
     if acc.is_main_process:
         with atomic.directory(paths.final) as tmp:
-            task.export(acc.unwrap_model(model), tmp)
+            task.export(acc.unwrap_model(model), tmp, final=True)
             if finalize is not None:
                 finalize(tmp)
         log.info("%s: exported %s", task.name, paths.final)
