@@ -1,4 +1,4 @@
-# umm-pipeline: the UAE recipe as one DAG, from raw images to pretrained encoder and decoder.
+# umm-pipeline: the UAE recipe as one DAG: data -> pretraining -> Unified-GRPO -> ablation variants.
 # The Snakefile is a table of contents; rules/ declare stages, workflow_scripts/ computes.
 
 
@@ -14,6 +14,10 @@ include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
+include: "rules/rl_coldstart.smk"
+include: "rules/rl_encoder.smk"
+include: "rules/rl_decoder.smk"
+include: "rules/rl_variants.smk"
 
 
 rule all:

@@ -1,3 +1,4 @@
+import re
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -14,9 +15,10 @@ LAUNCH = "python -m workflow_scripts.launch {params.launch} --stage-hash {params
 
 
 wildcard_constraints:
-    component="encoder|decoder",
+    component="encoder|decoder|clip|longclip|dinov2|dinov3",
     source="|".join(RUN.sources),
     phase="|".join(RUN.phases),
+    variant="|".join(re.escape(v) for v in RUN.cfg.rl.variants),
 
 
 def caption_inputs(wildcards):
@@ -25,3 +27,11 @@ def caption_inputs(wildcards):
 
 def decoder_start(wildcards):
     return RUN.decoder_start(wildcards.phase)
+
+
+def rl_decoder_inputs(wildcards):
+    return RUN.rl_decoder_inputs(wildcards.variant)
+
+
+def variant_inputs(wildcards):
+    return RUN.variant_inputs(wildcards.variant)

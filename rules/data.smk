@@ -55,6 +55,25 @@ rule data_build:
         LAUNCH
 
 
+rule data_rl_select:
+    input:
+        shards=LAYOUT.shards,
+    output:
+        rl=directory(LAYOUT.rl_data),
+    log:
+        LAYOUT.log("data_rl_select"),
+    benchmark:
+        LAYOUT.benchmark("data_rl_select")
+    conda:
+        ENV
+    threads: RUN.threads("data_rl_select")
+    params:
+        stage_hash=RUN.stage_hash_of("data_rl_select"),
+        launch=RUN.launch_args("data_rl_select"),
+    shell:
+        LAUNCH
+
+
 rule data:
     input:
         RUN.data_targets(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +71,37 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {"encoder": root / "encoder", "decoder": root / "decoder"}
 
 
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
+def stage_command(
+    stage: str,
+    workdir: Path,
+    inputs: dict[str, Path],
+    *,
+    wildcards: dict[str, str] | None = None,
+    **overrides,
+) -> list[str]:
+    """The launcher command line of one stage on given inputs, with the ci config plus ``overrides``;
+    its resolved config lives under ``workdir`` and its model is exported to ``workdir/final``."""
+    from workflow_scripts.config.loader import deep_merge
+    from workflow_scripts.config.stages import stage_hash
+    from workflow_scripts.dag import Run
+
+    user = deep_merge(ci_config(), {"results_root": str(workdir / "results"), "run_name": "stage"})
+    run = Run.load(deep_merge(user, overrides))
+    wildcards = wildcards or {}
+    command = [
+        sys.executable,
+        "-m",
+        "workflow_scripts.launch",
+        stage,
+        "--config",
+        run.config_path,
+        "--stage-hash",
+        stage_hash(run.plain, stage, **wildcards),
+        "--output",
+        f"model={workdir / 'final'}",
+    ]
+    for key, value in wildcards.items():
+        command += ["--wildcard", f"{key}={value}"]
+    for key, value in inputs.items():
+        command += ["--input", f"{key}={value}"]
+    return command

@@ -13,7 +13,11 @@ from workflow_scripts.config.typed import ConfigError
 from workflow_scripts.dag import Run
 
 PAPER_PATHS = {
-    "models": {"encoder": {"path": "/models/qwen"}, "decoder": {"path": "/models/sd35"}},
+    "models": {
+        "encoder": {"path": "/models/qwen"},
+        "decoder": {"path": "/models/sd35"},
+        "reward": {k: {"path": f"/models/{k}"} for k in ("clip", "longclip", "dinov2", "dinov3")},
+    },
     "data": {
         "sources": {"folder": {"path": "/data/images"}},
         "captioning": {"draft_model": {"path": "/models/vlm"}, "refine_model": {"path": "/models/llm"}},
@@ -92,9 +96,7 @@ def test_cli_strings_are_coerced_by_the_schema():
 
 
 def test_cross_field_checks_name_the_keys():
-    with pytest.raises(
-        ConfigError, match=r"pretrain\.encoder\.resolution 48 is not one of data\.resolutions"
-    ):
+    with pytest.raises(ConfigError, match=r"pretrain\.encoder resolution 48 is not one of data\.resolutions"):
         resolve({"pretrain": {"encoder": {"resolution": 48}}})
     with pytest.raises(ConfigError, match="batch_size 10 is not a multiple of micro_batch_size 8"):
         resolve({"pretrain": {"encoder": {"loop": {"batch_size": 10}}}})

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ci_config, snakemake, write_config
+from tests.conftest import ci_config, snakemake, stage_command, write_config
 from workflow_scripts.config.loader import deep_merge
-from workflow_scripts.config.stages import stage_hash
-from workflow_scripts.dag import Run
 from workflow_scripts.train.metrics import read
 
 pytestmark = pytest.mark.slow
@@ -79,74 +76,73 @@ def test_dag_builds_data_and_pretrains_both_models(tiny_dag):
     assert any((run / "logs/jobs/pretrain_encoder").glob("*_0_log.err"))
 
 
+RL_ALL = {"rl_coldstart": 1, "rl_encoder": 1, "rl_decoder": 2, "rl_variant": 4}
+PRETRAIN = {"pretrain_encoder": 1, "pretrain_decoder": 2}
+
+
+def _rerun(tiny_dag: Path, *extra: str) -> dict[str, int]:
+    return _job_counts(snakemake(tiny_dag, "all", "--dry-run", *extra).stdout)
+
+
 def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):
     out = snakemake(tiny_dag, "all", "--dry-run").stdout
     assert "Nothing to be done" in out
     try:
-        edited = snakemake(
-            tiny_dag, "all", "--dry-run", "--config", "pretrain={decoder: {caption_dropout: 0.2}}"
-        ).stdout
-        assert _job_counts(edited) == {"pretrain_decoder": 2, "all": 1}
-        edited = snakemake(
-            tiny_dag, "all", "--dry-run", "--config", "pretrain={encoder: {loop: {steps: 13}}}"
-        ).stdout
-        assert _job_counts(edited) == {"pretrain_encoder": 1, "pretrain_decoder": 2, "all": 1}
-        edited = snakemake(
-            tiny_dag, "all", "--dry-run", "--config", "data={filters: {min_caption_words: 6}}"
-        ).stdout
-        assert _job_counts(edited) == {
-            "data_build": 1,
-            "pretrain_encoder": 1,
+        # a decoder-pretraining value: that stage and everything downstream of the pretrained decoder
+        assert _rerun(tiny_dag, "--config", "pretrain={decoder: {caption_dropout: 0.2}}") == {
             "pretrain_decoder": 2,
+            **RL_ALL,
+            "all": 1,
+        }
+        assert _rerun(tiny_dag, "--config", "pretrain={encoder: {loop: {steps: 13}}}") == {
+            **PRETRAIN,
+            **RL_ALL,
+            "all": 1,
+        }
+        assert _rerun(tiny_dag, "--config", "data={filters: {min_caption_words: 6}}") == {
+            "data_build": 1,
+            "data_rl_select": 1,
+            **PRETRAIN,
+            **RL_ALL,
+            "all": 1,
+        }
+        # a 2a value: 2a, the 2b trained on its captions, and the two variants that use them
+        assert _rerun(tiny_dag, "--config", "rl={encoder: {temperature: 0.9}}") == {
+            "rl_encoder": 1,
+            "rl_decoder": 1,
+            "rl_variant": 2,
             "all": 1,
         }
         # the launcher is not part of any result: switching it re-runs nothing
-        edited = snakemake(tiny_dag, "all", "--dry-run", "--config", "launcher={kind: inline}").stdout
-        assert "Nothing to be done" in edited
+        assert (
+            "Nothing to be done"
+            in snakemake(tiny_dag, "all", "--dry-run", "--config", "launcher={kind: inline}").stdout
+        )
     finally:
         snakemake(tiny_dag, "all", "--dry-run")  # restore the resolved config of the real run
-    forced = snakemake(tiny_dag, "all", "--dry-run", "--forcerun", "pretrain_encoder").stdout
-    assert _job_counts(forced) == {"pretrain_encoder": 1, "pretrain_decoder": 2, "all": 1}
+    assert _rerun(tiny_dag, "--forcerun", "rl_coldstart") == {
+        "rl_coldstart": 1,
+        "rl_encoder": 1,
+        "rl_decoder": 2,
+        "rl_variant": 3,
+        "all": 1,
+    }
 
 
 def _decoder_phase_command(tiny_dag: Path, workdir: Path, steps: int = 40, **overrides) -> list[str]:
-    """The launcher command line of the low-resolution decoder phase, on the DAG's data and encoder."""
+    """The low-resolution decoder phase on the DAG's data and encoder, micro-batch 4, ``steps`` long."""
     source = tiny_dag / "results" / "ci"
     (ci_lowres,) = [p for p in ci_config()["pretrain"]["decoder"]["phases"] if p["name"] == "lowres"]
     phase = deep_merge(
         ci_lowres, {"loop": {"steps": steps, "micro_batch_size": 4, "checkpoint": {"every_steps": 5}}}
     )
-    user = deep_merge(
-        ci_config(),
-        {
-            "results_root": str(workdir / "results"),
-            "run_name": "phase",
-            "pretrain": {"decoder": {"previews": 0, "phases": [phase]}},
-        },
-    )
-    user = deep_merge(user, overrides)
-    run = Run.load(user)
-    final = workdir / "final"
-    return [
-        sys.executable,
-        "-m",
-        "workflow_scripts.launch",
-        "pretrain_decoder",
-        "--config",
-        run.config_path,
-        "--stage-hash",
-        stage_hash(run.plain, "pretrain_decoder", phase="lowres"),
-        "--wildcard",
-        "phase=lowres",
-        "--input",
-        f"decoder={source / 'models/tiny/decoder'}",
-        "--input",
-        f"encoder={source / 'train/pretrain_encoder/final'}",
-        "--input",
-        f"shards={source / 'data/shards'}",
-        "--output",
-        f"model={final}",
-    ]
+    overrides = deep_merge({"pretrain": {"decoder": {"previews": 0, "phases": [phase]}}}, overrides)
+    inputs = {
+        "decoder": source / "models/tiny/decoder",
+        "encoder": source / "train/pretrain_encoder/final",
+        "shards": source / "data/shards",
+    }
+    return stage_command("pretrain_decoder", workdir, inputs, wildcards={"phase": "lowres"}, **overrides)
 
 
 def _weights(final: Path) -> dict[str, torch.Tensor]:
@@ -215,38 +211,15 @@ def test_encoder_lora_sft_exports_a_merged_model_and_its_adapter(tiny_dag, tmp_p
     from workflow_scripts.models.encoder import load_encoder
 
     source = tiny_dag / "results" / "ci"
-    user = deep_merge(
-        ci_config(),
-        {
-            "results_root": str(tmp_path / "results"),
-            "run_name": "lora",
-            "launcher": {"kind": "inline"},
-            "pretrain": {"encoder": {"method": "lora", "loop": {"steps": 4}}},
-        },
-    )
-    run = Run.load(user)
-    final = tmp_path / "lora_final"
+    inputs = {"base": source / "models/tiny/encoder", "shards": source / "data/shards"}
+    overrides = {
+        "launcher": {"kind": "inline"},
+        "pretrain": {"encoder": {"method": "lora", "loop": {"steps": 4}}},
+    }
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workflow_scripts.launch",
-            "pretrain_encoder",
-            "--config",
-            run.config_path,
-            "--stage-hash",
-            stage_hash(run.plain, "pretrain_encoder"),
-            "--input",
-            f"base={source / 'models/tiny/encoder'}",
-            "--input",
-            f"shards={source / 'data/shards'}",
-            "--output",
-            f"model={final}",
-        ],
-        check=True,
-        capture_output=True,
-        cwd=tiny_dag,
+        stage_command("pretrain_encoder", tmp_path, inputs, **overrides), check=True, capture_output=True
     )
+    final = tmp_path / "final"
     adapter = json.loads((final / "adapter/adapter_config.json").read_text())
     assert adapter["r"] == 8 and "language_model" in adapter["target_modules"]
     base = load_encoder(source / "models/tiny/encoder").model.state_dict()

@@ -50,6 +50,14 @@ class RunLayout:
     def manifest(self) -> Path:
         return self.root / "data" / "manifest.duckdb"
 
+    @property
+    def rl_data(self) -> Path:
+        return self.root / "data" / "rl"
+
+    def variant(self, name: str) -> Path:
+        """An ablation variant: which captioner, caption reader and decoder it pairs (JSON)."""
+        return self.root / "variants" / f"{name}.json"
+
     # --- training stages ----------------------------------------------------------------------
     def stage_dir(self, stage: str) -> Path:
         return self.root / "train" / stage
@@ -61,3 +69,7 @@ class RunLayout:
 
 def decoder_stage(phase: str) -> str:
     return f"pretrain_decoder_{phase}"
+
+
+def rl_decoder_stage(variant: str) -> str:
+    return f"rl_decoder_{variant}"

@@ -10,6 +10,7 @@ from workflow_scripts.data.config import DataConfig
 from workflow_scripts.launch.config import LauncherConfig
 from workflow_scripts.models.config import ModelsConfig
 from workflow_scripts.pretrain.config import PretrainConfig
+from workflow_scripts.rl.config import RLConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -24,17 +25,19 @@ class UmmConfig:
     data: DataConfig = doc("Long-caption dataset build.")
     inference: InferenceConfig = doc("Sampling settings.")
     pretrain: PretrainConfig = doc("Stage 1: encoder SFT and decoder pretraining.")
+    rl: RLConfig = doc("Stage 2: Unified-GRPO (cold start, 2a, 2b) and the ablation variants.")
     launcher: LauncherConfig = doc("Where heavy stages run (local / Slurm) and their resources.")
 
     def __post_init__(self) -> None:
-        if self.pretrain.encoder.resolution not in self.data.resolutions:
-            raise ValueError(
-                f"pretrain.encoder.resolution {self.pretrain.encoder.resolution} is not one of "
-                f"data.resolutions {list(self.data.resolutions)}"
-            )
+        readers = {
+            "pretrain.encoder": self.pretrain.encoder.resolution,
+            "rl.coldstart": self.rl.coldstart.resolution,
+            "rl.encoder": self.rl.encoder.resolution,
+            "rl.decoder": self.rl.decoder.resolution,
+        }
         for phase in self.pretrain.decoder.phases:
-            if phase.resolution not in self.data.resolutions:
-                raise ValueError(
-                    f"pretrain.decoder phase '{phase.name}' resolution {phase.resolution} is not one "
-                    f"of data.resolutions {list(self.data.resolutions)}"
-                )
+            readers[f"pretrain.decoder phase '{phase.name}'"] = phase.resolution
+        available = list(self.data.resolutions)
+        for key, resolution in readers.items():
+            if resolution not in available:
+                raise ValueError(f"{key} resolution {resolution} is not one of data.resolutions {available}")

@@ -27,7 +27,9 @@ def _view(name: str) -> Callable[[View], View]:
 
 @_view("build_tiny_model")
 def _tiny_model(cfg: Mapping[str, Any], component: str) -> dict[str, Any]:
-    view = {"seed": cfg["seed"], "spec": cfg["models"][component]["tiny"]}
+    models = cfg["models"]
+    spec = models[component]["tiny"] if component in models else models["reward"][component]["tiny"]
+    view = {"seed": cfg["seed"], "spec": spec}
     if component == "encoder":
         # the tiny tokenizer is trained on captions of the configured shapes world
         view["vocabulary"] = {
@@ -72,14 +74,52 @@ def _pretrain_decoder(cfg: Mapping[str, Any], phase: str) -> dict[str, Any]:
     decoder = dict(cfg["pretrain"]["decoder"])
     phases = decoder.pop("phases")
     (selected,) = [p for p in phases if p["name"] == phase]
-    model = {k: v for k, v in cfg["models"]["decoder"].items() if k not in ("path", "tiny")}
     return {
         "seed": cfg["seed"],
-        "model": model,
+        "model": _decoder_reading(cfg),
         "image_sampling": cfg["inference"]["image"],
         "decoder": decoder,
         "phase": selected,
     }
+
+
+def _decoder_reading(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """How the decoder reads captions (role, token budget): every stage that conditions it depends on it."""
+    return {k: v for k, v in cfg["models"]["decoder"].items() if k not in ("path", "tiny")}
+
+
+def _rl_common(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "seed": cfg["seed"],
+        "instruction": cfg["inference"]["caption"]["instruction"],
+        "decoder_reading": _decoder_reading(cfg),
+        "rewards": cfg["rl"]["rewards"],
+    }
+
+
+@_view("data_rl_select")
+def _data_rl_select(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {"seed": cfg["seed"], "rl_data": cfg["rl"]["data"]}
+
+
+@_view("rl_coldstart")
+def _rl_coldstart(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {**_rl_common(cfg), "coldstart": cfg["rl"]["coldstart"]}
+
+
+@_view("rl_encoder")
+def _rl_encoder(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {**_rl_common(cfg), "encoder": cfg["rl"]["encoder"]}
+
+
+@_view("rl_decoder")
+def _rl_decoder(cfg: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    return {**_rl_common(cfg), "decoder": cfg["rl"]["decoder"], "variant": variant}
+
+
+@_view("rl_variant")
+def _rl_variant(cfg: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    return {"variant": variant}
 
 
 def stage_view(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> dict[str, Any]:

@@ -74,3 +74,12 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def rl_select(ctx: JobContext) -> dict:
+    from workflow_scripts.data.rl_select import select
+
+    summary = select(
+        ctx.cfg.rl.data, ctx.cfg.seed, ctx.input("shards"), list(ctx.cfg.data.resolutions), ctx.output("rl")
+    )
+    return summary

@@ -21,4 +21,9 @@ STAGES: dict[str, StageEntry] = {
     "data_build": StageEntry("workflow_scripts.data.stage:build"),
     "pretrain_encoder": StageEntry("workflow_scripts.pretrain.encoder_sft:run"),
     "pretrain_decoder": StageEntry("workflow_scripts.pretrain.decoder_flow:run"),
+    "data_rl_select": StageEntry("workflow_scripts.data.stage:rl_select"),
+    "rl_coldstart": StageEntry("workflow_scripts.rl.stage:coldstart"),
+    "rl_encoder": StageEntry("workflow_scripts.rl.stage:encoder"),
+    "rl_decoder": StageEntry("workflow_scripts.rl.stage:decoder"),
+    "rl_variant": StageEntry("workflow_scripts.rl.stage:variant"),
 }

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from workflow_scripts.config.typed import doc
+from workflow_scripts.reward.config import RewardModelsConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -82,9 +83,24 @@ class ModelsConfig:
     )
     encoder: EncoderModelConfig = doc("Encoder (image -> long caption).")
     decoder: DecoderModelConfig = doc("Decoder (long caption -> image).")
+    reward: RewardModelsConfig = doc(
+        "Image-feature backbones of the reconstruction reward and Unified-Bench."
+    )
+    dtype: Literal["float32", "bfloat16"] = doc(
+        "Weights of models that are not trained (and of LoRA bases) on GPUs; CPUs always use float32."
+    )
+
+    def torch_dtype(self, device):
+        import torch
+
+        return torch.bfloat16 if device.type == "cuda" and self.dtype == "bfloat16" else torch.float32
 
     def __post_init__(self) -> None:
-        for name, part in (("encoder", self.encoder), ("decoder", self.decoder)):
+        parts = {"encoder": self.encoder, "decoder": self.decoder}
+        parts.update(
+            {f"reward.{n}": getattr(self.reward, n) for n in ("clip", "longclip", "dinov2", "dinov3")}
+        )
+        for name, part in parts.items():
             if self.source == "tiny" and part.tiny is None:
                 raise ValueError(f"models.source is 'tiny' but models.{name}.tiny is null")
             if self.source == "local" and not part.path:

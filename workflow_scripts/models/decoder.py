@@ -68,6 +68,15 @@ class Decoder:
         posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
         return (posterior.mode() - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
+    def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [0, 1] (differentiable)."""
+        z = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        return (self.vae.decode(z.to(self.vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        side = resolution // self.vae_scale_factor
+        return (self.transformer.config.in_channels, side, side)
+
     def pooled(self, batch: int) -> torch.Tensor:
         return self.pooled_empty.expand(batch, -1)
 
@@ -234,3 +243,24 @@ def load_decoder(
     if dtype != torch.float32:
         projector = projector.to(dtype)
     return Decoder(transformer, vae, scheduler, projector, pooled)
+
+
+def export_decoder(
+    decoder: Decoder,
+    transformer: torch.nn.Module,
+    out_dir: Path,
+    *,
+    lora: bool,
+    final: bool,
+    start: Path,
+    metadata: dict,
+) -> None:
+    """Save a trained decoder. A LoRA checkpoint keeps the adapter unmerged over ``start`` (the directory
+    training began from); the final export merges it into a self-contained directory."""
+    from workflow_scripts.train.lora import merged
+
+    if lora and not final:
+        decoder.save_adapter(out_dir, transformer, base=start, metadata=metadata)
+        return
+    decoder.transformer = merged(transformer)
+    decoder.save(out_dir, metadata=metadata)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -153,3 +154,18 @@ def load_encoder(path, *, key: str = "models.encoder.path", dtype: torch.dtype =
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
     processor = AutoProcessor.from_pretrained(folder)
     return Encoder(model=model, processor=processor)
+
+
+def export_encoder(model: torch.nn.Module, processor, out_dir: Path, *, lora: bool, final: bool) -> None:
+    """Save an encoder as from_pretrained loads it. With LoRA: the adapter (``adapter/``), plus on the
+    final export the merged model; checkpoints never merge, so training weights stay untouched."""
+    from workflow_scripts.train.lora import merged
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(out_dir)
+    if not lora:
+        model.save_pretrained(out_dir)
+        return
+    model.save_pretrained(out_dir / "adapter")
+    if final:
+        merged(model).save_pretrained(out_dir)

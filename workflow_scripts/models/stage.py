@@ -5,6 +5,9 @@ from __future__ import annotations
 from workflow_scripts import atomic, provenance
 from workflow_scripts.launch.job import JobContext
 from workflow_scripts.models import tiny
+from workflow_scripts.reward.backbones import build_tiny
+from workflow_scripts.reward.config import BACKBONES
+from workflow_scripts.seeding import derive_seed
 
 
 def build_tiny_model(ctx: JobContext) -> dict:
@@ -18,6 +21,9 @@ def build_tiny_model(ctx: JobContext) -> dict:
             tiny.build_encoder(cfg.models.encoder.tiny, cfg.seed, corpus, tmp)
         elif component == "decoder":
             tiny.build_decoder(cfg.models.decoder.tiny, cfg.seed, tmp)
+        elif component in BACKBONES:
+            spec = getattr(cfg.models.reward, component).tiny
+            build_tiny(component, spec, derive_seed(cfg.seed, "tiny", component), tmp)
         else:
             raise ValueError(f"no tiny model '{component}'")
         provenance.write(

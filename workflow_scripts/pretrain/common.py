@@ -28,8 +28,13 @@ def identity(ctx: JobContext) -> str:
 
 
 def finalizer(ctx: JobContext, paths: StagePaths, run_identity: str, extra: dict):
+    """Copy the metrics log (and sample triples, if any) into the export; record provenance."""
+
     def finalize(tmp: Path) -> None:
         shutil.copy(paths.metrics, tmp / "metrics.jsonl")
+        samples = paths.checkpoints.parent / "samples"
+        if samples.exists():
+            shutil.copytree(samples, tmp / "samples")
         provenance.write(
             tmp / "provenance.json",
             provenance.record(

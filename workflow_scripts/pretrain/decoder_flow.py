@@ -21,14 +21,15 @@ from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.launch.job import JobContext
 from workflow_scripts.layout import decoder_stage
 from workflow_scripts.models.config import DecoderModelConfig
-from workflow_scripts.models.decoder import CaptionProjector, Decoder, load_decoder
+from workflow_scripts.models.decoder import CaptionProjector, Decoder, export_decoder, load_decoder
 from workflow_scripts.models.encoder import Encoder, load_encoder
 from workflow_scripts.pretrain.common import finalizer, identity, stage_paths
 from workflow_scripts.pretrain.config import DecoderPhaseConfig, DecoderPretrainConfig
 from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan, Sample
+from workflow_scripts.train.dist import job_device
 from workflow_scripts.train.loop import train
-from workflow_scripts.train.lora import add_lora, merged
+from workflow_scripts.train.lora import add_lora
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +140,15 @@ class DecoderFlowMatching:
             "resolution": self.phase.resolution,
         }
         self.decoder.projector = model.projector
-        if self.cfg.transformer == "lora" and not final:
-            self.decoder.save_adapter(out_dir, model.transformer, base=self.start, metadata=metadata)
-            return
-        self.decoder.transformer = merged(model.transformer)
-        self.decoder.save(out_dir, metadata=metadata)
+        export_decoder(
+            self.decoder,
+            model.transformer,
+            out_dir,
+            lora=self.cfg.transformer == "lora",
+            final=final,
+            start=self.start,
+            metadata=metadata,
+        )
 
 
 def _to_tensor(image) -> torch.Tensor:
@@ -196,13 +201,17 @@ def run(ctx: JobContext) -> dict:
     model_cfg = ctx.cfg.models.decoder
     seed = derive_seed(ctx.cfg.seed, "pretrain_decoder", phase.name)
     seed_everything(seed)
-    encoder = load_encoder(ctx.input("encoder"), key="pretrain_encoder output")
+    device = job_device(ctx.local_rank)
+    dtype = ctx.cfg.models.torch_dtype(device)
+    encoder = load_encoder(ctx.input("encoder"), key="pretrain_encoder output", dtype=dtype)
+    encoder.model.to(device)
     decoder = load_decoder(
         ctx.input("decoder"),
         llm_hidden_size=encoder.model.config.text_config.hidden_size,
         projector_hidden_size=model_cfg.projector_hidden_size,
         projector_seed=derive_seed(ctx.cfg.seed, "projector_init"),
     )
+    decoder.vae.to(device)
     dataset = ShardDataset(ctx.input("shards"), "train", phase.resolution)
     plan = BatchPlan(len(dataset), phase.loop.batch_size, phase.loop.micro_batch_size, seed)
     task = DecoderFlowMatching(

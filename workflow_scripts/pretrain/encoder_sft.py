@@ -10,13 +10,13 @@ import torch
 
 from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.launch.job import JobContext
-from workflow_scripts.models.encoder import Encoder, load_encoder
+from workflow_scripts.models.encoder import Encoder, export_encoder, load_encoder
 from workflow_scripts.pretrain.common import finalizer, identity, stage_paths
 from workflow_scripts.pretrain.config import EncoderSFTConfig
 from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan
 from workflow_scripts.train.loop import train
-from workflow_scripts.train.lora import add_lora, merged
+from workflow_scripts.train.lora import add_lora
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,7 @@ class EncoderSFT:
         return out.loss, {"caption_tokens": tokens}
 
     def export(self, model: torch.nn.Module, out_dir: Path, *, final: bool) -> None:
-        """Full fine-tuning: the model. LoRA: the adapter, plus (final) the merged model."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.encoder.processor.save_pretrained(out_dir)
-        if self.cfg.method == "full":
-            model.save_pretrained(out_dir)
-            return
-        model.save_pretrained(out_dir / "adapter")
-        if final:
-            merged(model).save_pretrained(out_dir)
+        export_encoder(model, self.encoder.processor, out_dir, lora=self.cfg.method == "lora", final=final)
 
 
 def run(ctx: JobContext) -> dict:

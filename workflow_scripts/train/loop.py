@@ -118,7 +118,8 @@ def train(
     for step in progress:
         began = time.perf_counter()
         micro = task.micro_batches(step, acc.process_index, acc.num_processes)
-        if len(micro) != accumulation:
+        if not micro or len(micro) % accumulation:
+            # a task may split each sample chunk further (Flow-GRPO: one micro-batch per denoising step)
             raise RuntimeError(f"{task.name}: {len(micro)} micro-batches for accumulation {accumulation}")
         loss_sum = torch.zeros((), device=acc.device)
         extras: dict[str, float] = {}
@@ -126,10 +127,10 @@ def train(
             syncing = i == len(micro) - 1
             with contextlib.nullcontext() if syncing else acc.no_sync(model):
                 loss, logs = task.loss(model, batch, step)
-                acc.backward(loss / accumulation)
-            loss_sum += loss.detach() / accumulation
+                acc.backward(loss / len(micro))
+            loss_sum += loss.detach() / len(micro)
             for key, value in logs.items():
-                extras[key] = extras.get(key, 0.0) + float(value) / accumulation
+                extras[key] = extras.get(key, 0.0) + float(value) / len(micro)
         loss_mean = acc.reduce(loss_sum, reduction="mean")
         grad_norm = _grad_norm(acc, params, loop.optim.grad_clip)
         if not (torch.isfinite(loss_mean) and torch.isfinite(grad_norm)):

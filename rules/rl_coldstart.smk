@@ -1,0 +1,20 @@
+rule rl_coldstart:
+    input:
+        **RUN.reward_inputs(),
+        encoder=RUN.pretrained_encoder,
+        decoder=RUN.pretrained_decoder,
+        rl_data=LAYOUT.rl_data,
+    output:
+        model=directory(LAYOUT.final("rl_coldstart")),
+    log:
+        LAYOUT.log("rl_coldstart"),
+    benchmark:
+        LAYOUT.benchmark("rl_coldstart")
+    conda:
+        ENV
+    threads: RUN.threads("rl_coldstart")
+    params:
+        stage_hash=RUN.stage_hash_of("rl_coldstart"),
+        launch=RUN.launch_args("rl_coldstart"),
+    shell:
+        LAUNCH

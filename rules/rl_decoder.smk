@@ -1,0 +1,19 @@
+rule rl_decoder:
+    input:
+        unpack(rl_decoder_inputs),
+        **RUN.reward_inputs(),
+        rl_data=LAYOUT.rl_data,
+    output:
+        model=directory(LAYOUT.final("rl_decoder_{variant}")),
+    log:
+        LAYOUT.log("rl_decoder.{variant}"),
+    benchmark:
+        LAYOUT.benchmark("rl_decoder.{variant}")
+    conda:
+        ENV
+    threads: RUN.threads("rl_decoder")
+    params:
+        stage_hash=RUN.stage_hash_of("rl_decoder"),
+        launch=RUN.launch_args("rl_decoder"),
+    shell:
+        LAUNCH

@@ -1,0 +1,20 @@
+rule rl_encoder:
+    input:
+        **RUN.reward_inputs(),
+        encoder=RUN.pretrained_encoder,
+        decoder=RUN.rl_decoder_start,
+        rl_data=LAYOUT.rl_data,
+    output:
+        model=directory(LAYOUT.final("rl_encoder")),
+    log:
+        LAYOUT.log("rl_encoder"),
+    benchmark:
+        LAYOUT.benchmark("rl_encoder")
+    conda:
+        ENV
+    threads: RUN.threads("rl_encoder")
+    params:
+        stage_hash=RUN.stage_hash_of("rl_encoder"),
+        launch=RUN.launch_args("rl_encoder"),
+    shell:
+        LAUNCH

@@ -1,0 +1,134 @@
+"""Unified-GRPO configuration: RL data, rewards, cold start, Stage 2a (encoder) and 2b (decoder)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from workflow_scripts.config.typed import doc
+from workflow_scripts.reward.config import RewardsConfig
+from workflow_scripts.train.config import LoopConfig, LoraConfig
+
+VARIANTS = ("none", "coldstart", "2a", "2b", "2a+2b")
+Variant = Literal["none", "coldstart", "2a", "2b", "2a+2b"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GRPOConfig:
+    """Group-relative policy optimisation (DeepSeekMath; TRL's GRPOTrainer; Flow-GRPO for 2b)."""
+
+    group_size: int = doc("G: samples per input (captions per image in 2a, images per caption in 2b).")
+    inner_iterations: int = doc("mu: optimiser steps on each rollout (rho = 1 on the first).")
+    clip_epsilon: float = doc("Clip range of rho (TRL: 0.2; Flow-GRPO: 1e-4 on per-step averaged log-probs).")
+    beta: float = doc("KL weight to the reference (adapter-disabled) policy (UAE: 0.01).")
+    advantage_epsilon: float = doc("A = (r - mean) / (std + epsilon) (TRL: 1e-4).")
+    std: Literal["sample", "population"] = doc(
+        "Std of the advantage normaliser: 'sample' divides by n-1 (TRL), 'population' by n "
+        "(flow_grpo's np.std)."
+    )
+    scale: Literal["group", "batch", "none"] = doc(
+        "Divide by the group's std, the whole batch's std (flow_grpo global_std), or not at all."
+    )
+    sample_every: int = doc("Write (image, caption, output) triples every this many steps.")
+    sample_count: int = doc("Images per written sample set.")
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2 (advantages are relative within a group)")
+        if self.inner_iterations < 1:
+            raise ValueError("inner_iterations must be >= 1")
+
+
+def _check_cycles(loop: LoopConfig, grpo: GRPOConfig) -> None:
+    mu = grpo.inner_iterations
+    if loop.steps % mu or loop.checkpoint.every_steps % mu:
+        raise ValueError(
+            f"loop.steps ({loop.steps}) and loop.checkpoint.every_steps ({loop.checkpoint.every_steps}) "
+            f"must be multiples of grpo.inner_iterations ({mu}): checkpoints must fall between rollouts "
+            "for a resume to be exact"
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RLDataConfig:
+    count: int = doc("Images in the RL split, taken from the train split (paper: 1K curated images).")
+    rule: Literal["random", "caption_words", "sharpness"] = doc(
+        "How they are chosen: seeded random, longest captions, or sharpest images (variance of the "
+        "Laplacian). The paper's curation criteria are not published; the rule is recorded with the split."
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ColdStartConfig:
+    """Unified-GRPO step 1: the decoder learns to redraw from the encoder's own captions by backpropagating a
+    differentiable semantic reconstruction loss (1 - R) through the last denoising steps (DRaFT-K)."""
+
+    enabled: bool = doc("Run the cold start; if false, RL starts from the pretrained models.")
+    lora: LoraConfig = doc("DiT adapter (the projector trains fully).")
+    resolution: int = doc("Reconstruction side in pixels.")
+    sample_steps: int = doc("Euler steps from noise to image.")
+    grad_steps: int = doc("Gradients flow through only the last K steps (DRaFT-K), bounding memory.")
+    guidance_scale: float = doc("Classifier-free guidance while sampling.")
+    caption_temperature: float = doc("Temperature of the encoder's caption of each image (fixed per image).")
+    loop: LoopConfig = doc("Steps, batch (images), optimiser, checkpoints.")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.grad_steps <= self.sample_steps:
+            raise ValueError("need 1 <= grad_steps <= sample_steps")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EncoderRLConfig:
+    """Stage 2a, generation for understanding: GRPO on the encoder's LoRA, reward = reconstruction."""
+
+    lora: LoraConfig = doc("Policy adapter on the LLM (release: r 32, alpha 64, all linear, gaussian).")
+    temperature: float = doc("Caption sampling temperature.")
+    max_new_tokens: int = doc("Caption length limit in tokens.")
+    loss_aggregation: Literal["grpo", "bnpo", "dapo"] = doc(
+        "'grpo': mean over a caption's tokens, then over captions; 'bnpo': sum / local token count; 'dapo': "
+        "sum / (global token count / processes)."
+    )
+    resolution: int = doc("Reconstruction side in pixels.")
+    reconstruction_steps: int = doc("Denoising steps of each reconstruction.")
+    guidance_scale: float = doc("Classifier-free guidance of the reconstructions.")
+    grpo: GRPOConfig = doc("GRPO settings.")
+    loop: LoopConfig = doc("batch_size / micro_batch_size count images (each with G captions).")
+
+    def __post_init__(self) -> None:
+        _check_cycles(self.loop, self.grpo)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DecoderRLConfig:
+    """Stage 2b, understanding for generation: Flow-GRPO on the DiT's LoRA, reward = reconstruction."""
+
+    lora: LoraConfig = doc("Policy adapter on the DiT.")
+    resolution: int = doc("Generated side in pixels.")
+    train_steps: int = doc("Denoising steps of training rollouts (Flow-GRPO: 10; evaluation uses more).")
+    train_timestep_fraction: float = doc(
+        "Train on the first fraction of the rollout's steps (Flow-GRPO: 0.99)."
+    )
+    noise_level: float = doc("a in the SDE noise std a*sqrt(sigma/(1-sigma)) (Flow-GRPO: 0.7).")
+    guidance_scale: float = doc("Classifier-free guidance in rollouts and training (Flow-GRPO: 4.5).")
+    advantage_clip: float = doc("Advantages are clipped to +-this (Flow-GRPO: 5).")
+    caption_temperature: float = doc("Temperature of the frozen encoder's one caption per image.")
+    grpo: GRPOConfig = doc("GRPO settings (per denoising step).")
+    loop: LoopConfig = doc("batch_size / micro_batch_size count captions (each with G images).")
+
+    def __post_init__(self) -> None:
+        _check_cycles(self.loop, self.grpo)
+        if not 0 < self.train_timestep_fraction <= 1:
+            raise ValueError("train_timestep_fraction must be in (0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RLConfig:
+    data: RLDataConfig = doc("The curated RL split.")
+    rewards: RewardsConfig = doc("Reward functions and weights (both stages).")
+    coldstart: ColdStartConfig = doc("Unified-GRPO step 1.")
+    encoder: EncoderRLConfig = doc("Stage 2a.")
+    decoder: DecoderRLConfig = doc("Stage 2b.")
+    variants: list[Variant] = doc(
+        "Ablation variants to build: 'none' (pretrained pair), 'coldstart', '2a', '2b', '2a+2b' (2b on "
+        "the 2a encoder, the paper's order). RL variants start from the cold start when it is enabled."
+    )

@@ -1,0 +1,210 @@
+"""Stage 2b, understanding for generation: Flow-GRPO on the DiT's LoRA with the reconstruction reward.
+
+The frozen encoder writes one caption per image; the policy draws G images from different noise with the
+SDE sampler (each denoising step a Gaussian with a known log-probability); every step of every rollout is
+a GRPO sample with the image's group-relative advantage, and a KL to the adapter-disabled reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workflow_scripts.data.shards import ShardDataset
+from workflow_scripts.models.decoder import Decoder, export_decoder
+from workflow_scripts.models.encoder import Encoder
+from workflow_scripts.reward.functions import RewardInputs, RewardModel
+from workflow_scripts.rl import grpo
+from workflow_scripts.rl.common import Cycles, SampleWriter, gather, reward_stats, to_pil, to_unit
+from workflow_scripts.rl.config import DecoderRLConfig
+from workflow_scripts.rl.flow import Schedule, cfg_velocity, initial_noise, sample
+from workflow_scripts.seeding import derive_seed
+from workflow_scripts.train.batches import BatchPlan
+from workflow_scripts.train.lora import add_lora
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FlowStep:
+    """One micro-batch: one denoising step of the rollouts of some captions (G images each)."""
+
+    index: int  # step i of the schedule: x_i -> x_{i+1}
+    x: torch.Tensor
+    x_next: torch.Tensor
+    prompt_embeds: torch.Tensor
+    advantages: torch.Tensor
+    stats: dict[str, float]
+    old_logp: torch.Tensor | None = field(default=None, repr=False)
+
+
+@dataclass
+class DecoderGRPO:
+    cfg: DecoderRLConfig
+    captioner: Encoder  # frozen: one caption per image
+    text_encoder: Encoder  # frozen: the LLM the decoder reads captions with
+    decoder: Decoder
+    reward: RewardModel
+    dataset: ShardDataset
+    plan: BatchPlan
+    seed: int
+    instruction: str
+    role: str
+    max_text_tokens: int
+    samples: SampleWriter
+    start: Path
+    metadata: dict
+    name: str = "rl_decoder"
+
+    def trainable(self) -> torch.nn.Module:
+        self.decoder.transformer.requires_grad_(False)
+        self.decoder.projector.requires_grad_(False)
+        self.policy = add_lora(self.decoder.transformer, self.cfg.lora)
+        self.cycles = Cycles(self.cfg.grpo)
+        self.schedule = Schedule.of(self.decoder.scheduler, self.cfg.train_steps)
+        self.trained_steps = max(1, int(self.schedule.steps * self.cfg.train_timestep_fraction))
+        self.captions: dict[int, str] = {}
+        with torch.no_grad():
+            self.negative = self.decoder.projector(
+                *self.text_encoder.text_states([""], self.role, self.max_text_tokens)
+            )
+        return self.policy
+
+    def micro_batches(self, step: int, rank: int, world: int) -> list[FlowStep]:
+        return self.cycles.get(step, lambda s: self._rollout(s, rank, world))
+
+    def _caption(self, index: int, image) -> str:
+        if index not in self.captions:
+            self.captions[index] = self.captioner.caption(
+                [image],
+                self.instruction,
+                temperature=self.cfg.caption_temperature,
+                max_new_tokens=self.max_text_tokens,
+                generator_seed=derive_seed(self.seed, "caption", index),
+            )[0]
+        return self.captions[index]
+
+    @torch.no_grad()
+    def _rollout(self, step: int, rank: int, world: int) -> list[FlowStep]:
+        G = self.cfg.grpo.group_size
+        self.policy.eval()
+        chunks = self.plan.micro_batches(step, rank, world)
+        rollouts = []
+        for chunk in chunks:
+            for s in chunk:
+                record = self.dataset[s.index]
+                caption = self._caption(s.index, record.image)
+                embeds = self.decoder.projector(
+                    *self.text_encoder.text_states([caption], self.role, self.max_text_tokens)
+                )
+                seeds = [derive_seed(self.seed, "images", s.position, g) for g in range(G)]
+                noise, generators = initial_noise(self.decoder.latent_shape(self.cfg.resolution), seeds)
+                pooled = self.decoder.pooled(G).to(embeds.device, embeds.dtype)
+                traj = sample(
+                    self.policy,
+                    embeds.expand(G, -1, -1),
+                    self.negative,
+                    pooled,
+                    noise,
+                    self.schedule,
+                    guidance=self.cfg.guidance_scale,
+                    noise_level=self.cfg.noise_level,
+                    generators=generators,
+                )
+                images = self.decoder.to_pixels(traj.latents[-1])
+                rewards, terms = self.reward(RewardInputs(to_unit([record.image] * G), images, [caption] * G))
+                rollouts.append(
+                    {
+                        "record": record,
+                        "caption": caption,
+                        "embeds": embeds,
+                        "traj": traj,
+                        "images": images,
+                        "rewards": rewards,
+                        "terms": terms,
+                    }
+                )
+        rewards = torch.cat([r["rewards"] for r in rollouts])
+        advantages = grpo.group_advantages(
+            rewards,
+            G,
+            std=self.cfg.grpo.std,
+            scale=self.cfg.grpo.scale,
+            eps=self.cfg.grpo.advantage_epsilon,
+            batch_rewards=gather(rewards),
+        )
+        terms = {k: torch.cat([r["terms"][k] for r in rollouts]) for k in rollouts[0]["terms"]}
+        stats = reward_stats(rewards, terms, advantages)
+        if rank == 0:
+            self.samples.maybe_write(
+                step,
+                [r["record"].image for r in rollouts],
+                [r["caption"] for r in rollouts],
+                [to_pil(r["images"][:1])[0] for r in rollouts],
+                [float(r["rewards"][0]) for r in rollouts],
+            )
+        steps, offset = [], 0
+        per_chunk = [len(c) for c in chunks]
+        for count in per_chunk:
+            part = rollouts[offset : offset + count]
+            adv = advantages[offset * G : (offset + count) * G]
+            embeds = torch.cat([r["embeds"].expand(G, -1, -1) for r in part])
+            for i in range(self.trained_steps):
+                x = torch.cat([r["traj"].latents[i] for r in part])
+                x_next = torch.cat([r["traj"].latents[i + 1] for r in part])
+                steps.append(FlowStep(i, x, x_next, embeds, adv, stats))
+            offset += count
+        self.policy.train()
+        return steps
+
+    def _mean(self, transformer, batch: FlowStep):
+        i = batch.index
+        sigma, sigma_next = self.schedule.sigmas[i], self.schedule.sigmas[i + 1]
+        device = batch.prompt_embeds.device
+        pooled = self.decoder.pooled(len(batch.x)).to(device, batch.prompt_embeds.dtype)
+        v = cfg_velocity(
+            transformer,
+            batch.x.to(device, batch.prompt_embeds.dtype),
+            self.schedule.timesteps[i],
+            batch.prompt_embeds,
+            self.negative,
+            pooled,
+            self.cfg.guidance_scale,
+        )
+        s = grpo.sde_std(sigma, float(self.schedule.sigmas[1]), self.cfg.noise_level).to(device)
+        return (
+            grpo.sde_mean(batch.x.to(device), v, sigma.to(device), sigma_next.to(device), s),
+            s,
+            sigma,
+            sigma_next,
+        )
+
+    def loss(self, model, batch: FlowStep, step: int):
+        mean, s, sigma, sigma_next = self._mean(model, batch)
+        x_next = batch.x_next.to(mean.device)
+        logp = grpo.gaussian_logprob(x_next, mean, s * torch.sqrt(sigma - sigma_next).to(mean.device))
+        if step % self.cfg.grpo.inner_iterations == 0:
+            batch.old_logp = logp.detach()  # the sampling policy: rho = 1 on the first inner iteration
+        with torch.no_grad(), self.policy.disable_adapter():
+            ref_mean, _, _, _ = self._mean(self.policy, batch)
+        kl = grpo.flow_kl(mean, ref_mean, s).mean()
+        policy_loss, clipped = grpo.flow_policy_loss(
+            logp,
+            batch.old_logp,
+            batch.advantages.to(logp.device),
+            epsilon=self.cfg.grpo.clip_epsilon,
+            advantage_clip=self.cfg.advantage_clip,
+        )
+        return policy_loss + self.cfg.grpo.beta * kl, {
+            "kl": float(kl),
+            "clip_fraction": clipped,
+            **batch.stats,
+        }
+
+    def export(self, model, out_dir: Path, *, final: bool) -> None:
+        export_decoder(
+            self.decoder, model, out_dir, lora=True, final=final, start=self.start, metadata=self.metadata
+        )

@@ -1,0 +1,235 @@
+"""Stage 2a, generation for understanding: GRPO on the encoder's LoRA with the reconstruction reward.
+
+Per image the policy samples G captions; the frozen decoder redraws each one from the same diffusion
+noise (the caption is the only thing that differs); the reward scores each redraw against the original.
+The decoder reads captions through the LLM with the adapter disabled, i.e. the pretrained encoder's
+LLM it was trained with, so the caption text is the only thing the policy changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workflow_scripts.data.shards import ShardDataset
+from workflow_scripts.models.decoder import Decoder
+from workflow_scripts.models.encoder import Encoder, export_encoder
+from workflow_scripts.reward.functions import RewardInputs, RewardModel
+from workflow_scripts.rl import grpo
+from workflow_scripts.rl.common import Cycles, SampleWriter, gather, reward_stats, to_unit
+from workflow_scripts.rl.config import EncoderRLConfig
+from workflow_scripts.seeding import derive_seed
+from workflow_scripts.train.batches import BatchPlan
+from workflow_scripts.train.lora import add_lora
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptionGroups:
+    """One micro-batch: G captions of each of its images, as prompt + completion rows."""
+
+    inputs: dict[
+        str, torch.Tensor
+    ]  # input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
+    completion_mask: torch.Tensor  # (N, L - 1): 1 where the target token is part of a caption
+    ref_logp: torch.Tensor  # (N, L - 1) under the adapter-disabled reference
+    advantages: torch.Tensor  # (N,)
+    stats: dict[str, float]
+    normalizer: float | None = None  # dapo only
+    old_logp: torch.Tensor | None = field(default=None, repr=False)
+
+
+def completion_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """log pi(token) of every target position, (N, L - 1), at the sampling temperature (as TRL does)."""
+    device = next(model.parameters()).device
+    out = model(**{k: v.to(device) for k, v in inputs.items()})
+    logits = out.logits[:, :-1].float() / temperature
+    targets = inputs["input_ids"][:, 1:].to(device)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+@dataclass
+class EncoderGRPO:
+    cfg: EncoderRLConfig
+    encoder: Encoder
+    decoder: Decoder
+    reward: RewardModel
+    dataset: ShardDataset
+    plan: BatchPlan
+    seed: int
+    instruction: str
+    role: str
+    max_text_tokens: int
+    samples: SampleWriter
+    name: str = "rl_encoder"
+
+    def trainable(self) -> torch.nn.Module:
+        self.encoder.model.requires_grad_(False)
+        self.policy = add_lora(self.encoder.model, self.cfg.lora, scope="language_model")
+        self.encoder.model = self.policy
+        self.cycles = Cycles(self.cfg.grpo)
+        self.negative = None
+        return self.policy
+
+    # --- rollout ---------------------------------------------------------------------------------
+    def micro_batches(self, step: int, rank: int, world: int) -> list[CaptionGroups]:
+        return self.cycles.get(step, lambda s: self._rollout(s, rank, world))
+
+    @torch.no_grad()
+    def _rollout(self, step: int, rank: int, world: int) -> list[CaptionGroups]:
+        self.policy.eval()
+        chunks = self.plan.micro_batches(step, rank, world)
+        groups = [
+            [self._sample(position, index) for position, index in ((s.position, s.index) for s in c)]
+            for c in chunks
+        ]
+        rewards = torch.cat([g["rewards"] for chunk in groups for g in chunk])
+        advantages = grpo.group_advantages(
+            rewards,
+            self.cfg.grpo.group_size,
+            std=self.cfg.grpo.std,
+            scale=self.cfg.grpo.scale,
+            eps=self.cfg.grpo.advantage_epsilon,
+            batch_rewards=gather(rewards),
+        )
+        terms = {
+            k: torch.cat([g["terms"][k] for chunk in groups for g in chunk]) for k in groups[0][0]["terms"]
+        }
+        stats = reward_stats(rewards, terms, advantages)
+        stats["caption_words"] = sum(
+            len(c.split()) for chunk in groups for g in chunk for c in g["captions"]
+        ) / len(rewards)
+        stats["caption_tokens"] = float(
+            torch.cat([g["mask"].sum(1) for chunk in groups for g in chunk]).float().mean()
+        )
+        normalizer = None
+        if self.cfg.loss_aggregation == "dapo":
+            tokens = torch.tensor(float(sum(int(g["mask"].sum()) for chunk in groups for g in chunk)))
+            # the loop averages micro-batches: fold their count in, so a step is sum / (N_global / world)
+            normalizer = float(gather(tokens[None]).sum()) / max(1, world) / len(chunks)
+        batches, offset = [], 0
+        for chunk in groups:
+            count = sum(len(g["captions"]) for g in chunk)
+            batches.append(self._batch(chunk, advantages[offset : offset + count], stats, normalizer))
+            offset += count
+        if rank == 0:
+            first = [g for chunk in groups for g in chunk]
+            self.samples.maybe_write(
+                step,
+                [g["image"] for g in first],
+                [g["captions"][0] for g in first],
+                [g["recons"][0] for g in first],
+                [float(g["rewards"][0]) for g in first],
+            )
+        self.policy.train()
+        return batches
+
+    def _sample(self, position: int, index: int) -> dict:
+        record = self.dataset[index]
+        G = self.cfg.grpo.group_size
+        prompt = self.encoder.caption_inputs([record.image], self.instruction)
+        device = next(self.policy.parameters()).device
+        torch.manual_seed(derive_seed(self.seed, "captions", position))
+        out = self.policy.generate(
+            **prompt.to(device),
+            do_sample=True,
+            temperature=self.cfg.temperature,
+            max_new_tokens=self.cfg.max_new_tokens,
+            num_return_sequences=G,
+        )
+        completions = out[:, prompt["input_ids"].shape[1] :].cpu()
+        mask = _through_first(completions, self.encoder.end_of_turn_id)
+        captions = [
+            t.strip()
+            for t in self.encoder.tokenizer.batch_decode(completions * mask, skip_special_tokens=True)
+        ]
+        with self.policy.disable_adapter():
+            hidden, text_mask = self.encoder.text_states(captions, self.role, self.max_text_tokens)
+            if self.negative is None:
+                self.negative = self.decoder.projector(
+                    *self.encoder.text_states([""], self.role, self.max_text_tokens)
+                )
+        embeds = self.decoder.projector(hidden.to(self.decoder.projector.dtype), text_mask)
+        shared = derive_seed(self.seed, "reconstruction", position)  # same noise for the G captions
+        recons = self.decoder.generate(
+            embeds,
+            self.negative,
+            seeds=[shared] * G,
+            steps=self.cfg.reconstruction_steps,
+            guidance_scale=self.cfg.guidance_scale,
+            resolution=self.cfg.resolution,
+        )
+        rewards, terms = self.reward(RewardInputs(to_unit([record.image] * G), to_unit(recons), captions))
+        return {
+            "image": record.image,
+            "prompt": prompt,
+            "completions": completions,
+            "mask": mask,
+            "captions": captions,
+            "recons": recons,
+            "rewards": rewards,
+            "terms": terms,
+        }
+
+    def _batch(self, chunk: list[dict], advantages, stats, normalizer) -> CaptionGroups:
+        """Rows of prompt + completion, right-padded; tokens after a caption's end-of-turn are padding."""
+        rows, attentions, targets, pixel_values, grids = [], [], [], [], []
+        for g in chunk:
+            prompt_ids = g["prompt"]["input_ids"][0]
+            for completion, mask in zip(g["completions"], g["mask"], strict=True):
+                rows.append(torch.cat([prompt_ids, completion]))
+                attentions.append(torch.cat([torch.ones(len(prompt_ids), dtype=torch.long), mask]))
+                targets.append(torch.cat([torch.zeros(len(prompt_ids) - 1), mask.float()]))
+                pixel_values.append(g["prompt"]["pixel_values"])
+                grids.append(g["prompt"]["image_grid_thw"])
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.encoder.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        completion_mask = torch.zeros((len(rows), width - 1))
+        for i, (row, att, target) in enumerate(zip(rows, attentions, targets, strict=True)):
+            input_ids[i, : len(row)] = row
+            attention[i, : len(att)] = att
+            completion_mask[i, : len(target)] = target
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "pixel_values": torch.cat(pixel_values),
+            "image_grid_thw": torch.cat(grids),
+            "mm_token_type_ids": (input_ids == self.encoder.image_token_id).int(),
+        }
+        with self.policy.disable_adapter():
+            ref = completion_logprobs(self.policy, inputs, self.cfg.temperature).cpu()
+        return CaptionGroups(inputs, completion_mask, ref, advantages, stats, normalizer)
+
+    # --- update ----------------------------------------------------------------------------------
+    def loss(self, model, batch: CaptionGroups, step: int):
+        logp = completion_logprobs(model, batch.inputs, self.cfg.temperature)
+        if step % self.cfg.grpo.inner_iterations == 0:
+            batch.old_logp = logp.detach()  # the sampling policy: rho = 1 on the first inner iteration
+        device = logp.device
+        loss, stats = grpo.token_loss(
+            logp,
+            batch.old_logp.to(device),
+            batch.ref_logp.to(device),
+            batch.advantages.to(device),
+            batch.completion_mask.to(device),
+            epsilon=self.cfg.grpo.clip_epsilon,
+            beta=self.cfg.grpo.beta,
+            mode=self.cfg.loss_aggregation,
+            normalizer=batch.normalizer,
+        )
+        return loss, {**stats, **batch.stats}
+
+    def export(self, model, out_dir: Path, *, final: bool) -> None:
+        export_encoder(model, self.encoder.processor, out_dir, lora=True, final=final)
+
+
+def _through_first(completions: torch.Tensor, eos: int) -> torch.Tensor:
+    """1 on each completion's tokens up to and including its first end-of-turn, 0 after."""
+    is_eos = completions == eos
+    after = (is_eos.cumsum(1) - is_eos.long()) > 0
+    return (~after).long()
