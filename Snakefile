@@ -1,4 +1,4 @@
-# umm-pipeline: the UAE recipe as one DAG: data -> pretraining -> Unified-GRPO -> ablation variants.
+# umm-pipeline: the UAE recipe as one DAG: data -> pretraining -> Unified-GRPO -> variants -> benchmarks.
 # The Snakefile is a table of contents; rules/ declare stages, workflow_scripts/ computes.
 
 
@@ -18,6 +18,8 @@ include: "rules/rl_coldstart.smk"
 include: "rules/rl_encoder.smk"
 include: "rules/rl_decoder.smk"
 include: "rules/rl_variants.smk"
+include: "rules/select.smk"
+include: "rules/eval.smk"
 
 
 rule all:

@@ -1,8 +1,9 @@
-"""Wall time and training speed of every tiny-preset stage: ``python bench/bench_tiny.py [WORKDIR]``.
+"""Wall time and speed of every tiny-preset stage: ``python bench/bench_tiny.py [WORKDIR]``.
 
 Runs ``snakemake all`` on the tiny preset in WORKDIR (a fresh temporary directory by default), then
-prints each rule's wall time (Snakemake's benchmark files) and each training stage's steps/s (its
-metrics log, first step excluded as warm-up).
+prints each rule's wall time (Snakemake's benchmark files), each training stage's steps/s and seconds per
+step (its metrics log, first step excluded as warm-up), and each benchmark's items/s (items of a
+generation shard over the shard job's wall time, process start and model loading included).
 """
 
 from __future__ import annotations
@@ -31,24 +32,37 @@ def main() -> int:
     total = time.perf_counter() - began
     run = next((workdir / "results").iterdir())
     print(f"\ntiny DAG `all` in {workdir}: {total:.1f} s wall on this machine\n")
-    print(f"{'rule':<32} {'wall s':>8} {'max RSS MB':>11} {'steps':>6} {'steps/s':>8}")
+    header = ("wall s", "max RSS MB", "steps", "steps/s", "s/step", "items/s")
+    print(f"{'rule':<44} " + " ".join(f"{h:>10}" for h in header))
     for tsv in sorted((run / "benchmarks").glob("*.tsv")):
         with open(tsv) as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
-        steps, rate = _training_speed(run, tsv.stem)
-        print(f"{tsv.stem:<32} {float(row['s']):>8.1f} {float(row['max_rss']):>11.0f} {steps:>6} {rate:>8}")
+        seconds, rss = float(row["s"]), float(row["max_rss"])
+        steps, rate, per_step = _training_speed(run, tsv.stem)
+        items = _items_per_second(run, tsv.stem, seconds)
+        cells = (f"{seconds:.1f}", f"{rss:.0f}", steps, rate, per_step, items)
+        print(f"{tsv.stem:<44} " + " ".join(f"{c:>10}" for c in cells))
     return 0
 
 
-def _training_speed(run: Path, rule: str) -> tuple[str, str]:
+def _training_speed(run: Path, rule: str) -> tuple[str, str, str]:
     stage = rule.replace(".", "_")
     metrics = run / "train" / stage / "metrics.jsonl"
     if not metrics.exists():
-        return "", ""
+        return "", "", ""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     timed = rows[1:] or rows
     seconds = sum(r["step_seconds"] for r in timed)
-    return str(len(rows)), f"{len(timed) / seconds:.1f}"
+    return str(len(rows)), f"{len(timed) / seconds:.1f}", f"{seconds / len(timed):.2f}"
+
+
+def _items_per_second(run: Path, rule: str, seconds: float) -> str:
+    if not rule.startswith("eval_generate."):
+        return ""
+    _, system, bench, shard = rule.split(".", 3)
+    records = run / "eval" / system / bench / f"shard-{shard}" / "records.jsonl"
+    items = {json.loads(line)["item_id"] for line in records.read_text().splitlines() if line.strip()}
+    return f"{len(items) / seconds:.2f}"
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ wildcard_constraints:
     source="|".join(RUN.sources),
     phase="|".join(RUN.phases),
     variant="|".join(re.escape(v) for v in RUN.cfg.rl.variants),
+    rl_stage="|".join(re.escape(s) for s in RUN.rl_stages) or "(?!)",
+    system="|".join(re.escape(s) for s in RUN.systems),
+    external="|".join(re.escape(s) for s in RUN.external_systems) or "(?!)",
+    bench="|".join(RUN.benchmarks) or "(?!)",
+    shard="|".join(RUN.shards),
 
 
 def caption_inputs(wildcards):
@@ -29,9 +34,30 @@ def decoder_start(wildcards):
     return RUN.decoder_start(wildcards.phase)
 
 
+def stage_model(stage):
+    """The model an RL stage hands on: its validation-selected checkpoint, or its final export."""
+    if not RUN.cfg.eval.selection.enabled:
+        return str(LAYOUT.final(stage))
+    return RUN.selected_model(
+        checkpoints.select_checkpoint.get(rl_stage=stage).output.selection
+    )
+
+
+def rl_encoder_inputs(wildcards):
+    return RUN.rl_encoder_inputs(stage_model)
+
+
 def rl_decoder_inputs(wildcards):
-    return RUN.rl_decoder_inputs(wildcards.variant)
+    return RUN.rl_decoder_inputs(wildcards.variant, stage_model)
 
 
 def variant_inputs(wildcards):
-    return RUN.variant_inputs(wildcards.variant)
+    return RUN.variant_inputs(wildcards.variant, stage_model)
+
+
+def selection_inputs(wildcards):
+    return RUN.selection_inputs(wildcards.rl_stage, stage_model)
+
+
+def score_inputs(wildcards):
+    return RUN.score_inputs(wildcards.system, wildcards.bench)

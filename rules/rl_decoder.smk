@@ -1,8 +1,6 @@
 rule rl_decoder:
     input:
         unpack(rl_decoder_inputs),
-        **RUN.reward_inputs(),
-        rl_data=LAYOUT.rl_data,
     output:
         model=directory(LAYOUT.final("rl_decoder_{variant}")),
     log:

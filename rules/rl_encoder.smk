@@ -1,9 +1,6 @@
 rule rl_encoder:
     input:
-        **RUN.reward_inputs(),
-        encoder=RUN.pretrained_encoder,
-        decoder=RUN.rl_decoder_start,
-        rl_data=LAYOUT.rl_data,
+        unpack(rl_encoder_inputs),
     output:
         model=directory(LAYOUT.final("rl_encoder")),
     log:

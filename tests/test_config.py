@@ -144,9 +144,10 @@ def test_decoder_phase_hash_covers_only_its_own_phase():
 
 
 def test_per_stage_resources_override_defaults():
-    cfg = parse(resolve({"launcher": {"stages": {"pretrain_encoder": {"nodes": 3, "partition": "gpu"}}}}))
-    res = cfg.launcher.resources("pretrain_encoder")
+    cfg = parse(resolve({"launcher": {"stages": {"data_build": {"nodes": 3, "partition": "gpu"}}}}))
+    res = cfg.launcher.resources("data_build")
     assert (res.nodes, res.partition, res.cpus_per_task) == (3, "gpu", cfg.launcher.defaults.cpus_per_task)
-    assert cfg.launcher.resources("data_build") == cfg.launcher.defaults
+    assert cfg.launcher.resources("data_collect") == cfg.launcher.defaults
+    assert cfg.launcher.resources("pretrain_encoder").cpus_per_task == 2  # the tiny preset's own override
     with pytest.raises(ConfigError, match=r"launcher\.stages\.pretrain_encoder\.nodez"):
         resolve({"launcher": {"stages": {"pretrain_encoder": {"nodez": 3}}}})

@@ -76,8 +76,12 @@ def test_dag_builds_data_and_pretrains_both_models(tiny_dag):
     assert any((run / "logs/jobs/pretrain_encoder").glob("*_0_log.err"))
 
 
-RL_ALL = {"rl_coldstart": 1, "rl_encoder": 1, "rl_decoder": 2, "rl_variant": 4}
-PRETRAIN = {"pretrain_encoder": 1, "pretrain_decoder": 2}
+EVAL_SCORES = {
+    "eval_generate": 16,
+    "eval_score": 16,
+    "eval_judge": 1,
+    "eval_summary": 1,
+}  # 4 systems x 4 benches
 
 
 def _rerun(tiny_dag: Path, *extra: str) -> dict[str, int]:
@@ -87,30 +91,29 @@ def _rerun(tiny_dag: Path, *extra: str) -> dict[str, int]:
 def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):
     out = snakemake(tiny_dag, "all", "--dry-run").stdout
     assert "Nothing to be done" in out
+    upstream = {"build_tiny_model", "data_collect", "data_caption", "eval_items"}
     try:
-        # a decoder-pretraining value: that stage and everything downstream of the pretrained decoder
-        assert _rerun(tiny_dag, "--config", "pretrain={decoder: {caption_dropout: 0.2}}") == {
-            "pretrain_decoder": 2,
-            **RL_ALL,
-            "all": 1,
-        }
-        assert _rerun(tiny_dag, "--config", "pretrain={encoder: {loop: {steps: 13}}}") == {
-            **PRETRAIN,
-            **RL_ALL,
-            "all": 1,
-        }
-        assert _rerun(tiny_dag, "--config", "data={filters: {min_caption_words: 6}}") == {
-            "data_build": 1,
-            "data_rl_select": 1,
-            **PRETRAIN,
-            **RL_ALL,
-            "all": 1,
-        }
-        # a 2a value: 2a, the 2b trained on its captions, and the two variants that use them
-        assert _rerun(tiny_dag, "--config", "rl={encoder: {temperature: 0.9}}") == {
-            "rl_encoder": 1,
-            "rl_decoder": 1,
-            "rl_variant": 2,
+        # a decoder-pretraining value: that stage and everything downstream of the pretrained decoder;
+        # the checkpoint selections re-run too, and what follows them is planned once they have
+        rerun = _rerun(tiny_dag, "--config", "pretrain={decoder: {caption_dropout: 0.2}}")
+        assert (
+            rerun["pretrain_decoder"] == 2 and rerun["rl_coldstart"] == 1 and rerun["select_checkpoint"] >= 1
+        )
+        assert not (upstream | {"data_build", "pretrain_encoder"}) & set(rerun)
+        rerun = _rerun(tiny_dag, "--config", "pretrain={encoder: {loop: {steps: 13}}}")
+        assert rerun["pretrain_encoder"] == 1 and rerun["pretrain_decoder"] == 2 and not upstream & set(rerun)
+        rerun = _rerun(tiny_dag, "--config", "data={filters: {min_caption_words: 6}}")
+        assert rerun["data_build"] == 1 and rerun["data_rl_select"] == 1 and rerun["eval_items"] == 4
+        assert not {"build_tiny_model", "data_collect", "data_caption"} & set(rerun)
+        # a 2a value: 2a, its selection, and what reads the selected encoder
+        rerun = _rerun(tiny_dag, "--config", "rl={encoder: {temperature: 0.9}}")
+        assert rerun["rl_encoder"] == 1 and rerun["select_checkpoint"] >= 1
+        assert not {"rl_coldstart", "pretrain_decoder", *upstream} & set(rerun)
+        # a generation setting of one benchmark: its shards, scores and the summary; nothing upstream
+        assert _rerun(tiny_dag, "--config", "eval={geneval: {resolution: 32}}") == {
+            "eval_generate": 4,
+            "eval_score": 4,
+            "eval_summary": 1,
             "all": 1,
         }
         # the launcher is not part of any result: switching it re-runs nothing
@@ -120,13 +123,9 @@ def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):
         )
     finally:
         snakemake(tiny_dag, "all", "--dry-run")  # restore the resolved config of the real run
-    assert _rerun(tiny_dag, "--forcerun", "rl_coldstart") == {
-        "rl_coldstart": 1,
-        "rl_encoder": 1,
-        "rl_decoder": 2,
-        "rl_variant": 3,
-        "all": 1,
-    }
+    forced = _rerun(tiny_dag, "--forcerun", "rl_coldstart")
+    assert forced["rl_coldstart"] == 1 and "rl_encoder" not in forced  # planned after its selection has run
+    assert not {"pretrain_decoder", *upstream} & set(forced)
 
 
 def _decoder_phase_command(tiny_dag: Path, workdir: Path, steps: int = 40, **overrides) -> list[str]:

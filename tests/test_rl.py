@@ -111,12 +111,16 @@ def _source(tiny_dag: Path) -> Path:
 def test_dag_builds_every_ablation_variant(tiny_dag):
     run = _source(tiny_dag)
     train = "results/ci/train"  # paths are relative to the Snakemake working directory
-    pretrained, rl_encoder = f"{train}/pretrain_encoder/final", f"{train}/rl_encoder/final"
+    pretrained = f"{train}/pretrain_encoder/final"
+    selected = {
+        s: json.loads((run / f"selection/{s}.json").read_text())["selected"]
+        for s in ("rl_coldstart", "rl_encoder", "rl_decoder_2b", "rl_decoder_2a+2b")
+    }
     expected = {
         "none": (pretrained, f"{train}/pretrain_decoder_highres/final"),
-        "2a": (rl_encoder, f"{train}/rl_coldstart/final"),
-        "2b": (pretrained, f"{train}/rl_decoder_2b/final"),
-        "2a+2b": (rl_encoder, f"{train}/rl_decoder_2a+2b/final"),
+        "2a": (selected["rl_encoder"], selected["rl_coldstart"]),
+        "2b": (pretrained, selected["rl_decoder_2b"]),
+        "2a+2b": (selected["rl_encoder"], selected["rl_decoder_2a+2b"]),
     }
     for variant, (captioner, decoder) in expected.items():
         record = json.loads((run / f"variants/{variant}.json").read_text())
@@ -124,6 +128,11 @@ def test_dag_builds_every_ablation_variant(tiny_dag):
         assert (
             record["text_encoder"] == pretrained
         )  # the decoder always reads captions with the pretrained LLM
+    assert selected["rl_encoder"].startswith(f"{train}/rl_encoder/checkpoints/step_")
+    # 2a+2b trained on the selected 2a encoder's captions, from the selected cold-start decoder
+    provenance = json.loads((run / "train/rl_decoder_2a+2b/final/provenance.json").read_text())
+    assert provenance["inputs"]["captioner"]["path"] == selected["rl_encoder"]
+    assert provenance["inputs"]["decoder"]["path"] == selected["rl_coldstart"]
     encoder_metrics = read(run / "train/rl_encoder/final/metrics.jsonl")
     keys = {
         "reward_mean",

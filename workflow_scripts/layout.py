@@ -66,6 +66,29 @@ class RunLayout:
         """The stage's exported model directory (the Snakemake output)."""
         return self.stage_dir(stage) / "final"
 
+    # --- evaluation -----------------------------------------------------------------------------
+    def selection(self, stage: str) -> Path:
+        return self.root / "selection" / f"{stage}.json"
+
+    def eval_items(self, bench: str) -> Path:
+        return self.root / "eval" / "items" / bench
+
+    def eval_shard(self, system: str, bench: str, shard: str | int) -> Path:
+        return self.root / "eval" / system / bench / f"shard-{shard}"
+
+    def eval_records(self, system: str, bench: str) -> Path:
+        return self.root / "eval" / system / bench / "records.parquet"
+
+    def eval_scores(self, system: str, bench: str) -> Path:
+        return self.root / "eval" / system / bench / "scores.json"
+
+    def eval_judgement(self, first: str, second: str) -> Path:
+        return self.root / "eval" / "judge" / f"{first}__vs__{second}.json"
+
+    @property
+    def eval_summary(self) -> Path:
+        return self.root / "eval" / "summary.json"
+
 
 def decoder_stage(phase: str) -> str:
     return f"pretrain_decoder_{phase}"

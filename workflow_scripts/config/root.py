@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from workflow_scripts.config.inference import InferenceConfig
 from workflow_scripts.config.typed import doc
 from workflow_scripts.data.config import DataConfig
+from workflow_scripts.eval.config import EvalConfig
 from workflow_scripts.launch.config import LauncherConfig
 from workflow_scripts.models.config import ModelsConfig
 from workflow_scripts.pretrain.config import PretrainConfig
@@ -26,6 +27,7 @@ class UmmConfig:
     inference: InferenceConfig = doc("Sampling settings.")
     pretrain: PretrainConfig = doc("Stage 1: encoder SFT and decoder pretraining.")
     rl: RLConfig = doc("Stage 2: Unified-GRPO (cold start, 2a, 2b) and the ablation variants.")
+    eval: EvalConfig = doc("Benchmarks (Tables 1-5), the ablation and checkpoint selection.")
     launcher: LauncherConfig = doc("Where heavy stages run (local / Slurm) and their resources.")
 
     def __post_init__(self) -> None:
@@ -38,6 +40,15 @@ class UmmConfig:
         for phase in self.pretrain.decoder.phases:
             readers[f"pretrain.decoder phase '{phase.name}'"] = phase.resolution
         available = list(self.data.resolutions)
+        clash = set(self.eval.systems) & set(self.rl.variants)
+        if clash:
+            raise ValueError(f"eval.systems names {sorted(clash)} are also rl.variants; rename them")
+        for first, second in self.eval.judge.pairs:
+            for name in (first, second):
+                if name not in self.rl.variants and name not in self.eval.systems:
+                    raise ValueError(
+                        f"eval.judge.pairs names '{name}', which is neither in rl.variants nor eval.systems"
+                    )
         for key, resolution in readers.items():
             if resolution not in available:
                 raise ValueError(f"{key} resolution {resolution} is not one of data.resolutions {available}")

@@ -122,6 +122,78 @@ def _rl_variant(cfg: Mapping[str, Any], variant: str) -> dict[str, Any]:
     return {"variant": variant}
 
 
+_ITEM_KEYS = {
+    "unified_bench": ("folder", "resolution"),
+    "geneval": ("items_file", "vocabulary", "prompts_per_task", "seed", "images_per_prompt"),
+    "geneval_pp": ("items_file", "prompts_per_category", "seed", "images_per_prompt"),
+    "mmt": ("tsv", "categories", "questions_per_task", "seed", "resolution"),
+}
+_GENERATION_KEYS = {
+    "unified_bench": ("resolution",),
+    "geneval": ("resolution",),
+    "geneval_pp": ("resolution",),
+    "mmt": ("circular",),
+}
+
+
+def _pick(section: Mapping[str, Any], keys) -> dict[str, Any]:
+    return {k: section[k] for k in keys}
+
+
+@_view("eval_items")
+def _eval_items(cfg: Mapping[str, Any], bench: str) -> dict[str, Any]:
+    view = {"seed": cfg["seed"], "bench": bench, **_pick(cfg["eval"][bench], _ITEM_KEYS[bench])}
+    if bench == "geneval_pp":
+        view["vocabulary"] = cfg["eval"]["geneval"]["vocabulary"]
+    return view
+
+
+@_view("eval_generate")
+def _eval_generate(cfg: Mapping[str, Any], system: str, bench: str, shard: str) -> dict[str, Any]:
+    return {
+        "inference": cfg["inference"],
+        "decoder_reading": _decoder_reading(cfg),
+        "shards": cfg["eval"]["shards"],
+        "shard": shard,
+        **_pick(cfg["eval"][bench], _GENERATION_KEYS[bench]),
+    }
+
+
+@_view("eval_score")
+def _eval_score(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, Any]:
+    if bench == "unified_bench":
+        return {"backbones": cfg["eval"]["unified_bench"]["backbones"]}
+    if bench == "mmt":
+        return _pick(cfg["eval"]["mmt"], ("circular", "judge_path"))
+    return {"detector": cfg["eval"]["detector"]}
+
+
+@_view("eval_judge")
+def _eval_judge(cfg: Mapping[str, Any], first: str, second: str) -> dict[str, Any]:
+    return _pick(cfg["eval"]["judge"], ("judges", "margin"))
+
+
+@_view("eval_system")
+def _eval_system(cfg: Mapping[str, Any], system: str) -> dict[str, Any]:
+    return {"system": cfg["eval"]["systems"][system]}
+
+
+@_view("eval_summary")
+def _eval_summary(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {"variants": cfg["rl"]["variants"]}
+
+
+@_view("select_checkpoint")
+def _select_checkpoint(cfg: Mapping[str, Any], rl_stage: str) -> dict[str, Any]:
+    return {
+        "seed": cfg["seed"],
+        "selection": cfg["eval"]["selection"],
+        "inference": cfg["inference"],
+        "decoder_reading": _decoder_reading(cfg),
+        **_pick(cfg["eval"]["unified_bench"], ("resolution", "backbones")),
+    }
+
+
 def stage_view(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> dict[str, Any]:
     try:
         view = _VIEWS[stage]

@@ -164,10 +164,17 @@ def _star(s: float) -> list[tuple[float, float]]:
     return points
 
 
+def pattern_shade(color: str) -> tuple[float, float, float]:
+    """The darker tone stripes, dots and checks are drawn in: a shade of the object's own colour, so
+    its colour name stays unambiguous (black gets a dark grey)."""
+    if color == "black":
+        return (90.0, 90.0, 90.0)
+    return tuple(0.55 * c for c in COLORS[color])
+
+
 def _texture(color: str, texture: str, side: int) -> Image.Image:
     base = np.array(COLORS[color], dtype=np.float32)
-    # the pattern is a shade of the same colour, so the object's colour name stays unambiguous
-    accent = base * 0.55 if color != "black" else np.array([90.0, 90.0, 90.0])
+    accent = np.array(pattern_shade(color), dtype=np.float32)
     yy, xx = np.mgrid[0:side, 0:side]
     period = max(side // 6, 4)
     if texture == "solid":

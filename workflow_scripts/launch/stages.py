@@ -26,4 +26,11 @@ STAGES: dict[str, StageEntry] = {
     "rl_encoder": StageEntry("workflow_scripts.rl.stage:encoder"),
     "rl_decoder": StageEntry("workflow_scripts.rl.stage:decoder"),
     "rl_variant": StageEntry("workflow_scripts.rl.stage:variant"),
+    "select_checkpoint": StageEntry("workflow_scripts.eval.stage:select_checkpoint"),
+    "eval_items": StageEntry("workflow_scripts.eval.stage:eval_items"),
+    "eval_system": StageEntry("workflow_scripts.eval.stage:eval_system"),
+    "eval_generate": StageEntry("workflow_scripts.eval.stage:eval_generate"),
+    "eval_score": StageEntry("workflow_scripts.eval.stage:eval_score"),
+    "eval_judge": StageEntry("workflow_scripts.eval.stage:eval_judge"),
+    "eval_summary": StageEntry("workflow_scripts.eval.stage:eval_summary"),
 }

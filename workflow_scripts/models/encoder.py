@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,18 +149,34 @@ def _backbone(model: torch.nn.Module) -> torch.nn.Module:
     return base.model
 
 
+ADAPTER_FORMAT = "uae_encoder.json"
+
+
 def load_encoder(path, *, key: str = "models.encoder.path", dtype: torch.dtype = torch.float32) -> Encoder:
+    """A Qwen2.5-VL directory, or a LoRA checkpoint (``adapter/`` + ``uae_encoder.json`` naming its base),
+    which is loaded over its base and merged."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+    folder = Path(path) if path else None
+    if folder is not None and (folder / ADAPTER_FORMAT).exists() and not (folder / "config.json").exists():
+        from peft import PeftModel
+
+        base = (folder / json.loads((folder / ADAPTER_FORMAT).read_text())["base"]).resolve()
+        encoder = load_encoder(base, key=f"base of {folder}", dtype=dtype)
+        encoder.model = PeftModel.from_pretrained(encoder.model, folder / "adapter").merge_and_unload()
+        return encoder
     folder = require_model_dir(path, key)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
     processor = AutoProcessor.from_pretrained(folder)
     return Encoder(model=model, processor=processor)
 
 
-def export_encoder(model: torch.nn.Module, processor, out_dir: Path, *, lora: bool, final: bool) -> None:
-    """Save an encoder as from_pretrained loads it. With LoRA: the adapter (``adapter/``), plus on the
-    final export the merged model; checkpoints never merge, so training weights stay untouched."""
+def export_encoder(
+    model: torch.nn.Module, processor, out_dir: Path, *, lora: bool, final: bool, start: Path
+) -> None:
+    """Save an encoder as :func:`load_encoder` loads it. With LoRA: the adapter (``adapter/``), plus on the
+    final export the merged model; checkpoints never merge (training weights stay untouched) and name
+    ``start``, the directory the adapter applies to, relative to themselves."""
     from workflow_scripts.train.lora import merged
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,3 +187,6 @@ def export_encoder(model: torch.nn.Module, processor, out_dir: Path, *, lora: bo
     model.save_pretrained(out_dir / "adapter")
     if final:
         merged(model).save_pretrained(out_dir)
+    else:
+        relative = os.path.relpath(Path(start).resolve(), out_dir.resolve())
+        (out_dir / ADAPTER_FORMAT).write_text(json.dumps({"base": relative}))

@@ -30,6 +30,7 @@ class EncoderSFT:
     dataset: ShardDataset
     instruction: str
     plan: BatchPlan
+    start: Path
     name: str = "pretrain_encoder"
 
     def trainable(self) -> torch.nn.Module:
@@ -66,7 +67,14 @@ class EncoderSFT:
         return out.loss, {"caption_tokens": tokens}
 
     def export(self, model: torch.nn.Module, out_dir: Path, *, final: bool) -> None:
-        export_encoder(model, self.encoder.processor, out_dir, lora=self.cfg.method == "lora", final=final)
+        export_encoder(
+            model,
+            self.encoder.processor,
+            out_dir,
+            lora=self.cfg.method == "lora",
+            final=final,
+            start=self.start,
+        )
 
 
 def run(ctx: JobContext) -> dict:
@@ -80,7 +88,7 @@ def run(ctx: JobContext) -> dict:
         cfg.loop.micro_batch_size,
         derive_seed(ctx.cfg.seed, "pretrain_encoder"),
     )
-    task = EncoderSFT(cfg, encoder, dataset, ctx.cfg.inference.caption.instruction, plan)
+    task = EncoderSFT(cfg, encoder, dataset, ctx.cfg.inference.caption.instruction, plan, ctx.input("base"))
     paths = stage_paths(ctx)
     run_identity = identity(ctx)
     summary = train(

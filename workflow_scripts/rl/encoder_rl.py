@@ -65,6 +65,7 @@ class EncoderGRPO:
     role: str
     max_text_tokens: int
     samples: SampleWriter
+    start: Path
     name: str = "rl_encoder"
 
     def trainable(self) -> torch.nn.Module:
@@ -225,7 +226,7 @@ class EncoderGRPO:
         return loss, {**stats, **batch.stats}
 
     def export(self, model, out_dir: Path, *, final: bool) -> None:
-        export_encoder(model, self.encoder.processor, out_dir, lora=True, final=final)
+        export_encoder(model, self.encoder.processor, out_dir, lora=True, final=final, start=self.start)
 
 
 def _through_first(completions: torch.Tensor, eos: int) -> torch.Tensor:

@@ -110,7 +110,16 @@ def encoder(ctx: JobContext) -> dict:
         part.to(device).requires_grad_(False).eval()
     samples = SampleWriter(stage_paths(ctx).checkpoints.parent / "samples", cfg.grpo, enabled=ctx.rank == 0)
     task = EncoderGRPO(
-        cfg, policy, decoder, _reward(ctx, device), dataset, plan, seed, samples=samples, **reading
+        cfg,
+        policy,
+        decoder,
+        _reward(ctx, device),
+        dataset,
+        plan,
+        seed,
+        samples=samples,
+        start=ctx.input("encoder"),
+        **reading,
     )
     return _run(ctx, task, cfg.loop, dataset)
 
@@ -157,6 +166,9 @@ def variant(ctx: JobContext) -> dict:
         "captioner": str(ctx.input("captioner")),
         "text_encoder": str(ctx.input("text_encoder")),
         "decoder": str(ctx.input("decoder")),
+        "selections": {
+            k.removeprefix("selection_"): v for k, v in ctx.spec.inputs.items() if k.startswith("selection_")
+        },
         "config_hash": ctx.config_hash,
     }
     atomic.write_json(ctx.output("variant"), record)

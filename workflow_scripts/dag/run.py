@@ -1,5 +1,7 @@
 """What the Snakefile needs from the package: the resolved run, path functions, stage hashes, targets.
 
+Stage-2 and evaluation paths: :mod:`workflow_scripts.dag.rl`, :mod:`workflow_scripts.dag.evaluation`.
+
 The Snakefile stays a table of contents; every decision about paths and config lives here and is tested.
 """
 
@@ -14,13 +16,14 @@ from workflow_scripts import atomic
 from workflow_scripts.config.loader import digest, parse, resolve
 from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.config.stages import stage_hash
-from workflow_scripts.layout import RunLayout, decoder_stage, rl_decoder_stage
+from workflow_scripts.dag.evaluation import EvalPaths
+from workflow_scripts.dag.rl import RLPaths
+from workflow_scripts.layout import RunLayout, decoder_stage
 from workflow_scripts.models.paths import DIFFUSERS_FILES, require_model_dir
-from workflow_scripts.reward.config import BACKBONES
 
 
 @dataclass(frozen=True)
-class Run:
+class Run(RLPaths, EvalPaths):
     plain: dict[str, Any]
     cfg: UmmConfig
     layout: RunLayout
@@ -57,11 +60,12 @@ class Run:
         if models.source == "local":
             require_model_dir(models.encoder.path, "models.encoder.path")
             require_model_dir(models.decoder.path, "models.decoder.path", expect=DIFFUSERS_FILES)
-            for name in self.reward_backbones:
+            for name in sorted(set(self.reward_backbones) | set(self.eval_backbones)):
                 marker = "open_clip_config.json" if name in ("clip", "longclip") else "config.json"
                 require_model_dir(
                     getattr(models.reward, name).path, f"models.reward.{name}.path", expect=(marker,)
                 )
+        self.check_eval_paths()
         captioning = self.cfg.data.captioning
         used = {captioning.draft[s] for s in self.cfg.data.sources.enabled()}
         if "vlm" in used:
@@ -89,68 +93,6 @@ class Run:
             else getattr(models.reward, component)
         )
         return str(part.path)
-
-    # --- stage 2 ---------------------------------------------------------------------------------
-    @property
-    def pretrained_encoder(self) -> str:
-        return str(self.layout.final("pretrain_encoder"))
-
-    @property
-    def pretrained_decoder(self) -> str:
-        return str(self.layout.final(decoder_stage(self.phases[-1])))
-
-    @property
-    def rl_decoder_start(self) -> str:
-        """RL's decoder: the cold start's when it runs, else the pretrained one."""
-        if self.cfg.rl.coldstart.enabled:
-            return str(self.layout.final("rl_coldstart"))
-        return self.pretrained_decoder
-
-    @property
-    def rl_decoder_variants(self) -> list[str]:
-        return [v for v in ("2b", "2a+2b") if v in self.cfg.rl.variants]
-
-    def rl_decoder_inputs(self, variant: str) -> dict[str, str]:
-        captioner = str(self.layout.final("rl_encoder")) if variant == "2a+2b" else self.pretrained_encoder
-        return {
-            "captioner": captioner,
-            "text_encoder": self.pretrained_encoder,
-            "decoder": self.rl_decoder_start,
-        }
-
-    def variant_inputs(self, variant: str) -> dict[str, str]:
-        """The (captioner, caption reader, decoder) triple of an ablation variant."""
-        encoder, reader = self.pretrained_encoder, self.pretrained_encoder
-        decoder = {
-            "none": self.pretrained_decoder,
-            "coldstart": self.rl_decoder_start,
-            "2a": self.rl_decoder_start,
-            "2b": None,
-            "2a+2b": None,
-        }[variant]
-        if variant in ("2a", "2a+2b"):
-            encoder = str(self.layout.final("rl_encoder"))
-        if decoder is None:
-            decoder = str(self.layout.final(rl_decoder_stage(variant)))
-        return {"captioner": encoder, "text_encoder": reader, "decoder": decoder}
-
-    def rl_targets(self) -> list[str]:
-        return [str(self.layout.variant(v)) for v in self.cfg.rl.variants]
-
-    @property
-    def reward_backbones(self) -> list[str]:
-        """Backbones some stage needs: those the RL reward weights (Unified-Bench adds DINOv3 later)."""
-        rewards = self.cfg.rl.rewards
-        if not (rewards.reconstruction.weight and self.rl_variants_need_training):
-            return []
-        return [b for b in BACKBONES if b in rewards.reconstruction.alphas]
-
-    @property
-    def rl_variants_need_training(self) -> bool:
-        return any(v != "none" for v in self.cfg.rl.variants)
-
-    def reward_inputs(self) -> dict[str, str]:
-        return {f"reward_{name}": self.base_model(name) for name in self.reward_backbones}
 
     def caption_models(self, source: str) -> dict[str, str]:
         captioning = self.cfg.data.captioning
@@ -206,5 +148,13 @@ class Run:
         stages = ["pretrain_encoder", *(decoder_stage(p) for p in self.phases)]
         return [str(self.layout.final(s)) for s in stages]
 
+    @property
+    def pretrained_encoder(self) -> str:
+        return str(self.layout.final("pretrain_encoder"))
+
+    @property
+    def pretrained_decoder(self) -> str:
+        return str(self.layout.final(decoder_stage(self.phases[-1])))
+
     def final_targets(self) -> list[str]:
-        return self.data_targets() + self.pretrain_targets() + self.rl_targets()
+        return self.data_targets() + self.pretrain_targets() + self.rl_targets() + self.eval_targets()

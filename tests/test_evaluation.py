@@ -1,0 +1,144 @@
+"""The evaluation harness end to end on the tiny DAG: every system, every benchmark, selection, shards."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.conftest import ci_config, snakemake
+from workflow_scripts.config.loader import parse, resolve
+from workflow_scripts.eval import generate, items, score
+from workflow_scripts.eval.detectors import PaletteColors, ShapesDetector
+from workflow_scripts.eval.geneval import TASKS, ScoringConstants
+from workflow_scripts.eval.systems import load_system
+
+pytestmark = pytest.mark.slow
+BENCHES = ("unified_bench", "geneval", "geneval_pp", "mmt")
+
+
+def test_every_system_has_every_benchmark_traceable_to_samples(tiny_dag):
+    run = tiny_dag / "results" / "ci"
+    summary = json.loads((run / "eval/summary.json").read_text())
+    assert set(summary["systems"]) == {"none", "2a", "2b", "2a+2b"}
+    for system, benches in summary["systems"].items():
+        assert set(benches) == set(BENCHES)
+        for bench in BENCHES:
+            scores = json.loads((run / f"eval/{system}/{bench}/scores.json").read_text())
+            records = pq.read_table(run / f"eval/{system}/{bench}/records.parquet").to_pylist()
+            assert records, (system, bench)
+            if bench == "unified_bench":
+                assert len(records) == 4 and all(Path(tiny_dag / r["output"]).exists() for r in records)
+                mean = sum(r["clip"] for r in records) / len(records)
+                assert scores["backbones"]["clip"]["avg"] == pytest.approx(mean)
+                assert set(scores["backbones"]) == {"clip", "longclip", "dinov2", "dinov3"}
+            elif bench == "geneval":
+                assert {r["tag"] for r in records} == set(TASKS)
+                assert scores["correct_images"] == pytest.approx(
+                    sum(r["correct"] for r in records) / len(records)
+                )
+            elif bench == "mmt":
+                assert len(records) == 5 * 4 * 4  # tasks x questions x circular rotations
+    assert set(summary["ablation_unified_bench_overall"]) == {"none", "2a", "2b", "2a+2b"}
+    (row,) = summary["judge"]
+    assert (row["system"], row["baseline"]) == ("2a+2b", "none")
+    assert sum(row["judges"]["scene_graph"][k] for k in ("win", "tie", "loss")) == pytest.approx(100.0)
+
+
+def test_selection_scores_every_saved_checkpoint_on_val(tiny_dag):
+    run = tiny_dag / "results" / "ci"
+    selection = json.loads((run / "selection/rl_encoder.json").read_text())
+    assert selection["split"] == "val" and selection["images"] == 4
+    steps = sorted(p.name for p in (run / "train/rl_encoder/checkpoints").glob("step_*"))
+    assert [c["step"] for c in selection["candidates"]] == [int(s.split("_")[1]) for s in steps]
+    best = max(selection["candidates"], key=lambda c: (c["metric"], c["step"]))
+    assert selection["selected"] == best["path"]
+    variant = json.loads((run / "variants/2a.json").read_text())
+    assert variant["captioner"] == selection["selected"]
+    cold = json.loads((run / "selection/rl_coldstart.json").read_text())
+    assert variant["decoder"] == cold["selected"]
+    for candidate in selection["candidates"]:
+        records = (
+            run / "selection/rl_encoder" / f"step_{candidate['step']:08d}" / "records.jsonl"
+        ).read_text()
+        assert len(records.splitlines()) == 4
+
+
+def test_scorer_and_selection_changes_rerun_only_what_they_feed(tiny_dag):
+    from tests.test_pipeline import _rerun
+
+    try:
+        rescore = _rerun(tiny_dag, "--config", "eval={detector: {threshold: 0.5}}")
+        assert rescore == {"eval_score": 8, "eval_summary": 1, "all": 1}  # 4 systems x (geneval, geneval_pp)
+        reselect = _rerun(tiny_dag, "--config", "eval={selection: {metric: clip}}")
+        assert reselect.get("select_checkpoint", 0) >= 1
+        assert not {"data_build", "pretrain_encoder", "pretrain_decoder", "rl_coldstart", "eval_items"} & set(
+            reselect
+        )
+    finally:
+        snakemake(tiny_dag, "all", "--dry-run")
+
+
+def test_shard_count_does_not_change_any_aggregate(tiny_dag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_dag)  # system records name models relative to the Snakemake working directory
+    run = tiny_dag / "results" / "ci"
+    cfg = parse(resolve(ci_config()))
+    system = load_system(
+        run / "variants/none.json",
+        cfg.inference,
+        role="generate",
+        max_text_tokens=cfg.models.decoder.max_text_tokens,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    results = {}
+    for shards in (1, 3):
+        eval_cfg = replace(cfg.eval, shards=shards)
+        for bench in ("geneval", "mmt"):
+            folders = []
+            for shard in range(shards):
+                folder = tmp_path / f"{shards}-{bench}-{shard}"
+                generate.generate(bench, run / f"eval/items/{bench}", system, eval_cfg, shard, folder)
+                folders.append(folder)
+            records = score.load_records(folders)
+            if bench == "geneval":
+                _, summary = score.generation(
+                    records, ShapesDetector(), PaletteColors(), ScoringConstants(), TASKS
+                )
+            else:
+                _, summary = score.multiple_choice(records, circular=True)
+            results[(shards, bench)] = (
+                summary,
+                [{k: v for k, v in r.items() if k != "output"} for r in records],
+            )
+    for bench in ("geneval", "mmt"):
+        assert results[(1, bench)] == results[(3, bench)]
+    assert len(items.read(run / "eval/items/geneval")) == len(
+        {r["item_id"] for r in results[(1, "geneval")][1]}
+    )
+
+
+def test_official_item_file_is_read_when_given(tmp_path):
+    from workflow_scripts.eval.items import build
+
+    official = tmp_path / "evaluation_metadata.jsonl"
+    official.write_text(
+        json.dumps(
+            {
+                "tag": "single_object",
+                "include": [{"class": "circle", "count": 1}],
+                "prompt": "a photo of a circle",
+            }
+        )
+        + "\n"
+    )
+    cfg = parse(resolve({"eval": {"geneval": {"items_file": str(official)}}}))
+    assert build("geneval", cfg.eval, 0, tmp_path, 64, tmp_path / "items") == 1
+    (item,) = items.read(tmp_path / "items")
+    assert (
+        item["prompt"] == "a photo of a circle" and len(item["seeds"]) == cfg.eval.geneval.images_per_prompt
+    )

@@ -1,0 +1,84 @@
+"""Evaluation paths: systems (ablation variants and external baselines), item sets, shards, scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workflow_scripts.config.typed import ConfigError
+from workflow_scripts.models.paths import require_model_dir
+
+
+class EvalPaths:
+    """Mixed into :class:`workflow_scripts.dag.run.Run`."""
+
+    @property
+    def systems(self) -> list[str]:
+        return [*self.cfg.rl.variants, *self.cfg.eval.systems]
+
+    @property
+    def external_systems(self) -> list[str]:
+        return list(self.cfg.eval.systems)
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return self.cfg.eval.benchmarks()
+
+    @property
+    def eval_backbones(self) -> list[str]:
+        """Unified-Bench's backbones, needed by the benchmark and by checkpoint selection."""
+        ev = self.cfg.eval
+        return list(ev.unified_bench.backbones) if ev.unified_bench.enabled or ev.selection.enabled else []
+
+    @property
+    def shards(self) -> list[str]:
+        return [f"{k:03d}" for k in range(self.cfg.eval.shards)]
+
+    def score_inputs(self, system: str, bench: str) -> dict[str, str]:
+        inputs = {"item_set": str(self.layout.eval_items(bench))}
+        inputs.update({f"shard_{k}": str(self.layout.eval_shard(system, bench, k)) for k in self.shards})
+        if bench == "unified_bench":
+            inputs.update(self.backbone_inputs(self.eval_backbones))
+        elif bench in ("geneval", "geneval_pp") and self.cfg.eval.detector.color == "clip":
+            inputs.update(self.backbone_inputs(["clip"]))
+        return inputs
+
+    @property
+    def judge_pairs(self) -> list[tuple[str, str]]:
+        judge = self.cfg.eval.judge
+        if not (judge.enabled and judge.judges and "unified_bench" in self.benchmarks):
+            return []
+        return [(a, b) for a, b in judge.pairs]
+
+    def summary_inputs(self) -> dict[str, str]:
+        inputs = {
+            f"scores_{s}_{b}": str(self.layout.eval_scores(s, b))
+            for s in self.systems
+            for b in self.benchmarks
+        }
+        inputs.update({f"judge_{a}_{b}": str(self.layout.eval_judgement(a, b)) for a, b in self.judge_pairs})
+        return inputs
+
+    def eval_targets(self) -> list[str]:
+        return [str(self.layout.eval_summary)] if self.benchmarks else []
+
+    def check_eval_paths(self) -> None:
+        ev = self.cfg.eval
+        for key, path in (
+            ("eval.geneval.items_file", ev.geneval.items_file),
+            ("eval.geneval_pp.items_file", ev.geneval_pp.items_file),
+            ("eval.mmt.tsv", ev.mmt.tsv),
+        ):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"config key '{key}': {path} does not exist")
+        if ev.unified_bench.folder and not Path(ev.unified_bench.folder).is_dir():
+            raise ConfigError(
+                f"config key 'eval.unified_bench.folder': {ev.unified_bench.folder} is not a directory"
+            )
+        generation = {"geneval", "geneval_pp"} & set(self.benchmarks)
+        if generation and ev.detector.kind == "transformers":
+            require_model_dir(ev.detector.path, "eval.detector.path")
+        for name, system in ev.systems.items():
+            for part in ("captioner", "text_encoder", "decoder"):
+                path = getattr(system, part)
+                if path and not Path(path).is_dir():
+                    raise ConfigError(f"config key 'eval.systems.{name}.{part}': {path} does not exist")

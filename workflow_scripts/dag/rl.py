@@ -1,0 +1,133 @@
+"""Stage-2 paths: which models each Unified-GRPO stage and ablation variant reads.
+
+Where an RL stage's model feeds a later one, the path comes from ``model_of(stage)``: the Snakefile
+passes a function that returns the checkpoint picked by validation (``select_checkpoint``) or, with
+selection off, the stage's final export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from workflow_scripts.layout import rl_decoder_stage
+from workflow_scripts.reward.config import BACKBONES
+
+ModelOf = Callable[[str], str]
+
+
+class RLPaths:
+    """Mixed into :class:`workflow_scripts.dag.run.Run`."""
+
+    @property
+    def rl_variants_need_training(self) -> bool:
+        return any(v != "none" for v in self.cfg.rl.variants)
+
+    @property
+    def reward_backbones(self) -> list[str]:
+        """Backbones the RL reward weights (when any RL stage runs)."""
+        rewards = self.cfg.rl.rewards
+        if not (rewards.reconstruction.weight and self.rl_variants_need_training):
+            return []
+        return [b for b in BACKBONES if b in rewards.reconstruction.alphas]
+
+    def backbone_inputs(self, names) -> dict[str, str]:
+        return {f"reward_{name}": self.base_model(name) for name in names}
+
+    def reward_inputs(self) -> dict[str, str]:
+        return self.backbone_inputs(self.reward_backbones)
+
+    @property
+    def rl_stages(self) -> list[str]:
+        """RL stages the configured variants need, in training order."""
+        variants = set(self.cfg.rl.variants)
+        stages = []
+        if self.cfg.rl.coldstart.enabled and variants - {"none"}:
+            stages.append("rl_coldstart")
+        if variants & {"2a", "2a+2b"}:
+            stages.append("rl_encoder")
+        stages += [rl_decoder_stage(v) for v in ("2b", "2a+2b") if v in variants]
+        return stages
+
+    def rl_decoder_start(self, model_of: ModelOf) -> str:
+        """RL's decoder: the cold start's when it runs, else the pretrained one."""
+        return model_of("rl_coldstart") if self.cfg.rl.coldstart.enabled else self.pretrained_decoder
+
+    def rl_captioner(self, variant: str, model_of: ModelOf) -> str:
+        return model_of("rl_encoder") if variant in ("2a", "2a+2b") else self.pretrained_encoder
+
+    def _tracked(self, model_of: ModelOf) -> tuple[ModelOf, Callable[[dict[str, str]], dict[str, str]]]:
+        """``model_of`` plus a finisher that adds the selection record of every stage it was asked for:
+        the selected checkpoint is no rule's output, so the record is what ties its readers to the stage
+        (a re-trained stage is re-selected, and everything that read its pick re-runs)."""
+        asked: list[str] = []
+
+        def of(stage: str) -> str:
+            asked.append(stage)
+            return model_of(stage)
+
+        def finish(inputs: dict[str, str]) -> dict[str, str]:
+            if self.cfg.eval.selection.enabled:
+                inputs.update({f"selection_{s}": str(self.layout.selection(s)) for s in asked})
+            return inputs
+
+        return of, finish
+
+    def rl_encoder_inputs(self, model_of: ModelOf) -> dict[str, str]:
+        of, finish = self._tracked(model_of)
+        decoder = self.rl_decoder_start(of)
+        return finish(
+            {
+                **self.reward_inputs(),
+                "encoder": self.pretrained_encoder,
+                "decoder": decoder,
+                "rl_data": str(self.layout.rl_data),
+            }
+        )
+
+    def rl_decoder_inputs(self, variant: str, model_of: ModelOf) -> dict[str, str]:
+        of, finish = self._tracked(model_of)
+        parts = {
+            "captioner": self.rl_captioner(variant, of),
+            "text_encoder": self.pretrained_encoder,
+            "decoder": self.rl_decoder_start(of),
+        }
+        return finish({**self.reward_inputs(), **parts, "rl_data": str(self.layout.rl_data)})
+
+    def variant_inputs(self, variant: str, model_of: ModelOf) -> dict[str, str]:
+        """The (captioner, caption reader, decoder) triple of an ablation variant."""
+        of, finish = self._tracked(model_of)
+        if variant == "none":
+            decoder = self.pretrained_decoder
+        elif variant in ("coldstart", "2a"):
+            decoder = self.rl_decoder_start(of)
+        else:
+            decoder = of(rl_decoder_stage(variant))
+        captioner = self.rl_captioner(variant, of)
+        return finish({"captioner": captioner, "text_encoder": self.pretrained_encoder, "decoder": decoder})
+
+    def selection_inputs(self, stage: str, model_of: ModelOf) -> dict[str, str]:
+        """What scoring a stage's checkpoints needs: the stage's export (it must be done), the val split,
+        the Unified-Bench backbones, and the partner models the stage trained against."""
+        of, finish = self._tracked(model_of)
+        inputs = {
+            "final": str(self.layout.final(stage)),
+            "shards": str(self.layout.shards),
+            **self.backbone_inputs(self.eval_backbones),
+            "text_encoder": self.pretrained_encoder,
+        }
+        if stage == "rl_encoder":
+            inputs["decoder"] = self.rl_decoder_start(of)
+        else:
+            variant = stage.removeprefix("rl_decoder_") if stage.startswith("rl_decoder_") else "coldstart"
+            inputs["captioner"] = self.rl_captioner(variant, of)
+        return finish(inputs)
+
+    @staticmethod
+    def selected_model(selection_file: str) -> str:
+        import json
+        from pathlib import Path
+
+        return json.loads(Path(selection_file).read_text())["selected"]
+
+    def rl_targets(self) -> list[str]:
+        return [str(self.layout.variant(v)) for v in self.cfg.rl.variants]

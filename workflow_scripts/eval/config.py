@@ -1,0 +1,139 @@
+"""Evaluation configuration: which systems, which benchmarks, how they are sharded and scored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from workflow_scripts.config.typed import doc
+
+BENCHMARKS = ("unified_bench", "geneval", "geneval_pp", "mmt")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExternalSystemConfig:
+    """A baseline given by paths: any encoder directory and/or decoder directory."""
+
+    captioner: str | None = doc(
+        "Encoder (Qwen2.5-VL layout) that captions and answers; null: generation only."
+    )
+    text_encoder: str | None = doc("LLM directory the decoder reads prompts with (usually the captioner).")
+    decoder: str | None = doc("Trained decoder directory (uae_decoder.json); null: understanding only.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UnifiedBenchConfig:
+    enabled: bool = doc("Run Unified-Bench (Table 1).")
+    folder: str | None = doc(
+        "Folder of bench images instead of the data build's bench split (paper: 100 images)."
+    )
+    resolution: int = doc("Redraw side in pixels.")
+    backbones: list[str] = doc(
+        "Similarity backbones (paper: clip, longclip, dinov2, dinov3); Overall = their mean."
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DetectorConfig:
+    kind: Literal["shapes", "transformers"] = doc(
+        "'shapes': exact detector of the procedural shapes world (tiny preset); 'transformers': an object "
+        "detection model (AutoModelForObjectDetection) from a local path."
+    )
+    path: str | None = doc("Detector directory (kind 'transformers').")
+    color: Literal["palette", "clip"] = doc(
+        "Object colour: nearest of the ten colours to the object's dominant pixels ('palette'), or GenEval's "
+        "CLIP zero-shot classification of the crop (uses models.reward.clip; official: ViT-L-14 OpenAI)."
+    )
+    threshold: float = doc("Keep detections scoring above this (official: 0.3).")
+    counting_threshold: float = doc("... and above this for the counting task (official: 0.9).")
+    max_objects: int = doc("At most this many detections per class (official: 16).")
+    max_overlap: float = doc("Suppress same-class boxes with IoU >= this; 1.0 = off (official).")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GenEvalConfig:
+    enabled: bool = doc("Run GenEval (Table 2).")
+    items_file: str | None = doc(
+        "The official evaluation_metadata.jsonl; null: build items with the same recipe."
+    )
+    vocabulary: Literal["coco", "shapes"] = doc(
+        "Classes of the built items: COCO's 80 (official) or the shapes world's."
+    )
+    prompts_per_task: int = doc("Samples per task before de-duplication (official: 100).")
+    seed: int = doc("Recipe seed (official: 43).")
+    images_per_prompt: int = doc("Images generated per prompt (official: 4).")
+    resolution: int = doc("Generated side in pixels.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GenEvalPPConfig:
+    enabled: bool = doc("Run GenEval++ (Table 3).")
+    items_file: str | None = doc("A GenEval++ metadata file in GenEval's format; null: build items.")
+    prompts_per_category: int = doc("Prompts per category (color, count, color_count, position_count).")
+    seed: int = doc("Recipe seed.")
+    images_per_prompt: int = doc("Images generated per prompt.")
+    resolution: int = doc("Generated side in pixels.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MMTConfig:
+    enabled: bool = doc("Run the MMT-Bench fine-grained probes (Table 4).")
+    tsv: str | None = doc(
+        "MMT-Bench TSV (index, image base64, question, A..D, answer, category); null: build probes."
+    )
+    categories: dict[str, str] = doc("Our task name -> the TSV's category name (when reading a TSV).")
+    questions_per_task: int = doc("Probes per task when building them.")
+    seed: int = doc("Probe seed.")
+    circular: bool = doc(
+        "CircularEval: a question counts only if every rotation of its options is answered right."
+    )
+    judge_path: str | None = doc(
+        "Instruction LLM that maps an ambiguous answer to an option (null: counts as wrong)."
+    )
+    resolution: int = doc("Probe image side in pixels.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CaptionJudgeConfig:
+    enabled: bool = doc("Run the pairwise caption-quality judge (Table 5).")
+    judges: dict[str, str] = doc(
+        "Judge name -> backend: 'scene_graph' (exact, synthetic bench images) or a local VLM directory."
+    )
+    pairs: list[list[str]] = doc(
+        "[system, baseline] pairs whose captions of the same bench images are compared."
+    )
+    margin: float = doc("scene_graph: F1 difference below this is a tie.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SelectionConfig:
+    enabled: bool = doc("Pick each RL stage's checkpoint by validation score (else: its final step).")
+    metric: Literal["overall", "clip", "longclip", "dinov2", "dinov3"] = doc(
+        "Unified-Bench score on the val split that picks the checkpoint."
+    )
+    images: int = doc("Validation images scored per candidate (0 = all).")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvalConfig:
+    shards: int = doc("Generation shards per (system, benchmark); each is one job (a GPU on the cluster).")
+    systems: dict[str, ExternalSystemConfig] = doc(
+        "External baselines by path, evaluated beside rl.variants."
+    )
+    unified_bench: UnifiedBenchConfig = doc("Table 1.")
+    geneval: GenEvalConfig = doc("Table 2.")
+    geneval_pp: GenEvalPPConfig = doc("Table 3.")
+    mmt: MMTConfig = doc("Table 4.")
+    judge: CaptionJudgeConfig = doc("Table 5.")
+    detector: DetectorConfig = doc("GenEval / GenEval++ detector.")
+    selection: SelectionConfig = doc("Checkpoint selection.")
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError("shards must be >= 1")
+        for pair in self.judge.pairs:
+            if len(pair) != 2:
+                raise ValueError(f"judge.pairs entries are [system, baseline], got {pair}")
+
+    def benchmarks(self) -> list[str]:
+        return [b for b in BENCHMARKS if getattr(self, b).enabled]

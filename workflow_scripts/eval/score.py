@@ -1,0 +1,81 @@
+"""Scorers: per-sample scores on a benchmark's generated records, then the aggregates.
+
+Scoring reads the shards' records and images only, so a changed scorer re-scores without regenerating.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from workflow_scripts.eval import geneval, mmt
+from workflow_scripts.eval.geneval import ScoringConstants
+from workflow_scripts.reward.backbones import Backbone
+from workflow_scripts.reward.functions import similarities
+from workflow_scripts.rl.common import to_unit
+
+
+def load_records(shard_dirs: list[Path]) -> list[dict]:
+    records = []
+    for folder in sorted(shard_dirs):
+        for line in (folder / "records.jsonl").read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if "output" in record:
+                    record["output"] = str(folder / record["output"])
+                records.append(record)
+    return sorted(records, key=lambda r: (r["item_id"], r.get("sample", 0), r.get("rotation", 0)))
+
+
+def unified_bench(records: list[dict], items_dir: Path, backbones: dict[str, Backbone], batch: int = 16):
+    """CLIP / LongCLIP / DINOv2 / DINOv3 cosine x 100 per image; Overall = mean of the backbones' averages."""
+    for start in range(0, len(records), batch):
+        chunk = records[start : start + batch]
+        originals = to_unit([Image.open(items_dir / "images" / r["input"]).convert("RGB") for r in chunk])
+        outputs = to_unit([Image.open(r["output"]).convert("RGB") for r in chunk])
+        with torch.no_grad():
+            sims = similarities(backbones, originals, outputs)
+        for i, record in enumerate(chunk):
+            for name, values in sims.items():
+                record[name] = 100.0 * float(values[i])
+    stats = {
+        name: {
+            "avg": float(np.mean([r[name] for r in records])),
+            "min": float(np.min([r[name] for r in records])),
+            "max": float(np.max([r[name] for r in records])),
+        }
+        for name in backbones
+    }
+    return records, {
+        "backbones": stats,
+        "overall": float(np.mean([s["avg"] for s in stats.values()])),
+        "images": len(records),
+    }
+
+
+def generation(
+    records: list[dict], detector, colors, constants: ScoringConstants, tasks
+) -> tuple[list[dict], dict]:
+    """GenEval's rules on every generated image; per-task accuracy and the mean over tasks."""
+    for record in records:
+        image = Image.open(record["output"]).convert("RGB")
+        metadata = json.loads(record["metadata"])
+        detections = geneval.keep(detector(image), metadata["tag"], constants)
+        correct, reasons = geneval.evaluate(
+            metadata, detections, lambda cls, dets, im=image: colors(im, cls, dets)
+        )
+        record.update(
+            correct=correct,
+            reason="\n".join(reasons),
+            prompt_id=record["item_id"],
+            detections=json.dumps({c: [[*d.box, d.score] for d in ds] for c, ds in detections.items()}),
+        )
+    return records, geneval.summarize(records, tasks)
+
+
+def multiple_choice(records: list[dict], circular: bool, judge=None) -> tuple[list[dict], dict]:
+    return mmt.score(records, circular, judge)

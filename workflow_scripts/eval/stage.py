@@ -1,0 +1,271 @@
+"""Stage entries of the evaluation harness (each runs inside a launcher job)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from workflow_scripts import atomic, provenance
+from workflow_scripts.eval import generate, items, judge, score, selection
+from workflow_scripts.eval.detectors import ClipColors, PaletteColors, ShapesDetector, TransformersDetector
+from workflow_scripts.eval.geneval import GENEVAL_PP_CATEGORIES, TASKS, ScoringConstants
+from workflow_scripts.eval.systems import System, load_system
+from workflow_scripts.launch.job import JobContext
+from workflow_scripts.models.encoder import load_encoder
+from workflow_scripts.rl.common import load_backbones, reward_backbone_inputs
+from workflow_scripts.train.dist import job_device
+
+log = logging.getLogger(__name__)
+
+
+def _system(ctx: JobContext, record) -> System:
+    device = job_device(ctx.local_rank)
+    reading = ctx.cfg.models.decoder
+    return load_system(
+        record,
+        ctx.cfg.inference,
+        role=reading.conditioning_role,
+        max_text_tokens=reading.max_text_tokens,
+        device=device,
+        dtype=ctx.cfg.models.torch_dtype(device),
+    )
+
+
+def _backbones(ctx: JobContext):
+    device = job_device(ctx.local_rank)
+    return load_backbones(
+        reward_backbone_inputs(ctx.spec.inputs),
+        ctx.cfg.eval.unified_bench.backbones,
+        ctx.cfg.models.torch_dtype(device),
+        device,
+    )
+
+
+def eval_items(ctx: JobContext) -> dict:
+    bench = ctx.spec.wildcards["bench"]
+    count = items.build(
+        bench,
+        ctx.cfg.eval,
+        ctx.cfg.seed,
+        ctx.input("shards"),
+        ctx.cfg.eval.unified_bench.resolution,
+        ctx.output("item_set"),
+    )
+    return {"bench": bench, "items": count}
+
+
+def eval_system(ctx: JobContext) -> dict:
+    """An external baseline's record, in the same form as an ablation variant's."""
+    name = ctx.spec.wildcards["system"]
+    spec = ctx.cfg.eval.systems[name]
+    record = {
+        "variant": name,
+        "captioner": spec.captioner,
+        "text_encoder": spec.text_encoder,
+        "decoder": spec.decoder,
+        "config_hash": ctx.config_hash,
+    }
+    atomic.write_json(ctx.output("system"), record)
+    return record
+
+
+def eval_generate(ctx: JobContext) -> dict:
+    bench, shard = ctx.spec.wildcards["bench"], int(ctx.spec.wildcards["shard"])
+    system = _system(ctx, ctx.input("system"))
+    count = generate.generate(bench, ctx.input("item_set"), system, ctx.cfg.eval, shard, ctx.output("shard"))
+    return {"records": count}
+
+
+def _records_table(records: list[dict]) -> pa.Table:
+    plain = [{k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()} for r in records]
+    return pa.Table.from_pylist(plain)
+
+
+def eval_score(ctx: JobContext) -> dict:
+    bench, system = ctx.spec.wildcards["bench"], ctx.spec.wildcards["system"]
+    shards = [Path(p) for k, p in sorted(ctx.spec.inputs.items()) if k.startswith("shard_")]
+    records = score.load_records(shards)
+    cfg = ctx.cfg.eval
+    if bench == "unified_bench":
+        records, summary = score.unified_bench(records, ctx.input("item_set"), _backbones(ctx))
+    elif bench in ("geneval", "geneval_pp"):
+        device = job_device(ctx.local_rank)
+        detector_cfg = cfg.detector
+        if detector_cfg.kind == "shapes":
+            detector = ShapesDetector()
+        else:
+            classes = tuple(
+                sorted({c["class"] for r in records for c in json.loads(r["metadata"])["include"]})
+            )
+            detector = TransformersDetector(detector_cfg.path, classes, device)
+        colors = (
+            PaletteColors()
+            if detector_cfg.color == "palette"
+            else ClipColors(str(ctx.input("reward_clip")), device)
+        )
+        constants = ScoringConstants(
+            detector_cfg.threshold,
+            detector_cfg.counting_threshold,
+            detector_cfg.max_objects,
+            detector_cfg.max_overlap,
+        )
+        tasks = TASKS if bench == "geneval" else GENEVAL_PP_CATEGORIES
+        records, summary = score.generation(records, detector, colors, constants, tasks)
+    else:
+        records, summary = score.multiple_choice(records, cfg.mmt.circular, _mmt_judge(ctx))
+    sink = pa.BufferOutputStream()
+    pq.write_table(_records_table(records), sink)
+    atomic.write_bytes(ctx.output("records"), sink.getvalue().to_pybytes())
+    result = {
+        "system": system,
+        "benchmark": bench,
+        **summary,
+        "provenance": provenance.record(
+            stage=f"eval_score/{system}/{bench}",
+            config_hash=ctx.config_hash,
+            stage_hash=ctx.view_hash,
+            seed=ctx.cfg.seed,
+            inputs={},
+        ),
+    }
+    atomic.write_json(ctx.output("scores"), result)
+    return {k: v for k, v in summary.items() if k != "backbones"}
+
+
+def _mmt_judge(ctx: JobContext):
+    path = ctx.cfg.eval.mmt.judge_path
+    if not path:
+        return None
+    from workflow_scripts.eval.mmt import LETTERS
+
+    encoder = load_encoder(path, key="eval.mmt.judge_path")
+
+    def pick(question: str, answer: str, options: list[str]) -> str | None:
+        listing = "; ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+        prompt = (
+            f"Question: {question}\nOptions: {listing}\nAnswer given: {answer}\n"
+            "Which option letter does the answer choose? Reply with the letter only, or Z if none."
+        )
+        tokens = encoder.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        out = encoder.model.generate(**tokens, max_new_tokens=4, do_sample=False)
+        text = encoder.tokenizer.decode(
+            out[0, tokens["input_ids"].shape[1] :], skip_special_tokens=True
+        ).strip()
+        return text[:1] if text[:1] in LETTERS[: len(options)] else None
+
+    return pick
+
+
+def eval_judge(ctx: JobContext) -> dict:
+    first, second = ctx.spec.wildcards["first"], ctx.spec.wildcards["second"]
+    a = {r["item_id"]: r for r in pq.read_table(ctx.input("first")).to_pylist()}
+    b = {r["item_id"]: r for r in pq.read_table(ctx.input("second")).to_pylist()}
+    bench_items = {i["item_id"]: i for i in items.read(ctx.input("item_set"))}
+    rows, verdicts = {}, []
+    for name, backend in ctx.cfg.eval.judge.judges.items():
+        judge_fn = (
+            judge.scene_graph_judge(ctx.cfg.eval.judge.margin)
+            if backend == "scene_graph"
+            else judge.VLMJudge(backend, job_device(ctx.local_rank))
+        )
+        outcomes = []
+        for item_id in sorted(set(a) & set(b)):
+            meta = bench_items[item_id]["meta"]
+            if backend == "scene_graph" and "scene" not in meta:
+                continue  # the exact judge needs a scene graph (synthetic images only)
+            picture = ctx.input("item_set") / "images" / bench_items[item_id]["image"]
+            image = Image.open(picture).convert("RGB")
+            forward, backward, final = judge.compare(
+                judge_fn, image, meta, a[item_id]["caption"], b[item_id]["caption"]
+            )
+            outcomes.append(final)
+            verdicts.append(
+                {
+                    "judge": name,
+                    "item_id": item_id,
+                    "forward": forward,
+                    "backward": backward,
+                    "verdict": final,
+                }
+            )
+        rows[name] = judge.summarize(outcomes)
+    result = {
+        "system": first,
+        "baseline": second,
+        "judges": rows,
+        "mean": judge.mean_row(rows),
+        "verdicts": verdicts,
+    }
+    atomic.write_json(ctx.output("judgement"), result)
+    return {"mean": result["mean"]}
+
+
+def eval_summary(ctx: JobContext) -> dict:
+    """Every system's headline numbers and the ablation table, from the scored outputs."""
+    scores = [
+        json.loads(Path(p).read_text()) for k, p in sorted(ctx.spec.inputs.items()) if k.startswith("scores_")
+    ]
+    judgements = [
+        json.loads(Path(p).read_text()) for k, p in sorted(ctx.spec.inputs.items()) if k.startswith("judge_")
+    ]
+    table: dict[str, dict] = {}
+    for s in scores:
+        entry = {"overall": s["overall"]}
+        if s["benchmark"] == "unified_bench":
+            entry.update({k: v["avg"] for k, v in s["backbones"].items()})
+        else:
+            entry.update(s.get("per_task", {}))
+        table.setdefault(s["system"], {})[s["benchmark"]] = entry
+    ablation = {
+        name: table[name]["unified_bench"]["overall"]
+        for name in ctx.cfg.rl.variants
+        if "unified_bench" in table.get(name, {})
+    }
+    summary = {
+        "systems": table,
+        "ablation_unified_bench_overall": ablation,
+        "judge": [{k: j[k] for k in ("system", "baseline", "judges", "mean")} for j in judgements],
+    }
+    atomic.write_json(ctx.output("summary"), summary)
+    return {"systems": len(table)}
+
+
+def select_checkpoint(ctx: JobContext) -> dict:
+    stage = ctx.spec.wildcards["rl_stage"]
+    final = ctx.input("final")
+    inputs = ctx.spec.inputs
+
+    def builder(path: Path):
+        def build() -> System:
+            record = {
+                "variant": f"{stage}@{path.parent.name}",
+                "text_encoder": inputs["text_encoder"],
+                "captioner": str(path) if stage == "rl_encoder" else inputs["captioner"],
+                "decoder": inputs["decoder"] if stage == "rl_encoder" else str(path),
+            }
+            return _system(ctx, record)
+
+        return build
+
+    built = [(step, path, builder(path)) for step, path in selection.candidates(final)]
+    result = selection.select(
+        stage,
+        built,
+        ctx.cfg.eval,
+        ctx.input("shards"),
+        _backbones(ctx),
+        ctx.cfg.seed,
+        ctx.output("selection").with_suffix(""),
+    )
+    atomic.write_json(ctx.output("selection"), result)
+    return {"selected": result["selected"], "step": result["selected_step"]}
