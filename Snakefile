@@ -1,4 +1,5 @@
-# umm-pipeline: the UAE recipe as one DAG: data -> pretraining -> Unified-GRPO -> variants -> benchmarks.
+# umm-pipeline: the UAE recipe as one DAG:
+# data -> pretraining -> Unified-GRPO -> variants -> benchmarks -> DuckDB warehouse -> HTML report.
 # The Snakefile is a table of contents; rules/ declare stages, workflow_scripts/ computes.
 
 
@@ -8,6 +9,9 @@ min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+report: "reports/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -20,6 +24,8 @@ include: "rules/rl_decoder.smk"
 include: "rules/rl_variants.smk"
 include: "rules/select.smk"
 include: "rules/eval.smk"
+include: "rules/warehouse.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -12,6 +12,8 @@ ENV = "../envs/umm.yaml"
 
 # every stage runs through the same launcher (submitit: local, in-process or Slurm)
 LAUNCH = "python -m workflow_scripts.launch {params.launch} --stage-hash {params.stage_hash} > {log} 2>&1"
+# warehouse ingests run here, never on the cluster: one writer at a time under the warehouse's file lock
+INGEST = "python -m workflow_scripts.warehouse ingest {params.args} > {log} 2>&1"
 
 
 wildcard_constraints:
@@ -24,6 +26,7 @@ wildcard_constraints:
     external="|".join(re.escape(s) for s in RUN.external_systems) or "(?!)",
     bench="|".join(RUN.benchmarks) or "(?!)",
     shard="|".join(RUN.shards),
+    train_stage="|".join(re.escape(s) for s in RUN.train_stages),
 
 
 def caption_inputs(wildcards):
@@ -61,3 +64,7 @@ def selection_inputs(wildcards):
 
 def score_inputs(wildcards):
     return RUN.score_inputs(wildcards.system, wildcards.bench)
+
+
+def ingest_training_inputs(wildcards):
+    return RUN.ingest_training_inputs(wildcards.train_stage)

@@ -73,7 +73,16 @@ def test_scorer_and_selection_changes_rerun_only_what_they_feed(tiny_dag):
 
     try:
         rescore = _rerun(tiny_dag, "--config", "eval={detector: {threshold: 0.5}}")
-        assert rescore == {"eval_score": 8, "eval_summary": 1, "all": 1}  # 4 systems x (geneval, geneval_pp)
+        # 4 systems x (geneval, geneval_pp); then their ingest, the run's ingest and the report
+        assert rescore == {
+            "eval_score": 8,
+            "eval_summary": 1,
+            "ingest_eval": 8,
+            "ingest_run": 1,
+            "report": 1,
+            "report_index": 1,
+            "all": 1,
+        }
         reselect = _rerun(tiny_dag, "--config", "eval={selection: {metric: clip}}")
         assert reselect.get("select_checkpoint", 0) >= 1
         assert not {"data_build", "pretrain_encoder", "pretrain_decoder", "rl_coldstart", "eval_items"} & set(

@@ -89,6 +89,19 @@ class RunLayout:
     def eval_summary(self) -> Path:
         return self.root / "eval" / "summary.json"
 
+    # --- warehouse and report ---------------------------------------------------------------------
+    def ingested(self, what: str) -> Path:
+        """Marker an ingest rule writes (row counts) once its slice is in the warehouse."""
+        return self.root / "warehouse" / f"{what}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report" / "report.html"
+
+    @property
+    def rulegraph(self) -> Path:
+        return self.root / "report" / "dag.svg"
+
 
 def decoder_stage(phase: str) -> str:
     return f"pretrain_decoder_{phase}"

@@ -15,6 +15,13 @@ from workflow_scripts.rl.config import RLConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class WarehouseConfig:
+    path: str | None = doc(
+        "DuckDB file shared by every run of a results root; null: <results_root>/umm.duckdb."
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class UmmConfig:
     """Everything one experiment is made of. Only these values differ between the tiny and paper presets."""
 
@@ -28,6 +35,7 @@ class UmmConfig:
     pretrain: PretrainConfig = doc("Stage 1: encoder SFT and decoder pretraining.")
     rl: RLConfig = doc("Stage 2: Unified-GRPO (cold start, 2a, 2b) and the ablation variants.")
     eval: EvalConfig = doc("Benchmarks (Tables 1-5), the ablation and checkpoint selection.")
+    warehouse: WarehouseConfig = doc("The DuckDB results warehouse and the HTML reports.")
     launcher: LauncherConfig = doc("Where heavy stages run (local / Slurm) and their resources.")
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ the DAG recorded.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -192,6 +193,29 @@ def _select_checkpoint(cfg: Mapping[str, Any], rl_stage: str) -> dict[str, Any]:
         "decoder_reading": _decoder_reading(cfg),
         **_pick(cfg["eval"]["unified_bench"], ("resolution", "backbones")),
     }
+
+
+@_view("report_dag")
+def _report_dag(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What shapes the rule graph: which stages, variants and benchmarks exist."""
+    return {
+        "sources": [s for s, c in cfg["data"]["sources"].items() if c["enabled"]],
+        "phases": [p["name"] for p in cfg["pretrain"]["decoder"]["phases"]],
+        "coldstart": cfg["rl"]["coldstart"]["enabled"],
+        "variants": cfg["rl"]["variants"],
+        "benchmarks": [
+            b for b in ("unified_bench", "geneval", "geneval_pp", "mmt") if cfg["eval"][b]["enabled"]
+        ],
+        "selection": cfg["eval"]["selection"]["enabled"],
+        "judge": cfg["eval"]["judge"]["enabled"],
+        "systems": sorted(cfg["eval"]["systems"]),
+    }
+
+
+def view_wildcards(stage: str) -> list[str] | None:
+    """The wildcard names a stage's view takes (None for a stage without a view)."""
+    view = _VIEWS.get(stage)
+    return None if view is None else list(inspect.signature(view).parameters)[1:]
 
 
 def stage_view(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from workflow_scripts.config.loader import digest, parse, resolve
 from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.config.stages import stage_hash
 from workflow_scripts.dag.evaluation import EvalPaths
+from workflow_scripts.dag.report import ReportPaths
 from workflow_scripts.dag.rl import RLPaths
 from workflow_scripts.layout import RunLayout, decoder_stage
 from workflow_scripts.models.paths import DIFFUSERS_FILES, require_model_dir
 
 
 @dataclass(frozen=True)
-class Run(RLPaths, EvalPaths):
+class Run(RLPaths, EvalPaths, ReportPaths):
     plain: dict[str, Any]
     cfg: UmmConfig
     layout: RunLayout
@@ -157,4 +158,5 @@ class Run(RLPaths, EvalPaths):
         return str(self.layout.final(decoder_stage(self.phases[-1])))
 
     def final_targets(self) -> list[str]:
-        return self.data_targets() + self.pretrain_targets() + self.rl_targets() + self.eval_targets()
+        stages = self.data_targets() + self.pretrain_targets() + self.rl_targets() + self.eval_targets()
+        return stages + self.report_targets()

@@ -8,12 +8,14 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import submitit
 
+from workflow_scripts import atomic
+from workflow_scripts.launch import slurm_state
 from workflow_scripts.launch.config import Resources
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,14 @@ def sbatch_script(folder: Path, resources: Resources, name: str) -> str:
     return renderer._make_submission_file_text("python -u -m submitit.core._submit %j", "uid")
 
 
-def run(
-    fn: Callable[[], Any],
+def run(fn: Callable[[], Any], **kwargs: Any) -> list[Any]:
+    """Submit ``fn`` as one job, wait for every task, return their results in rank order."""
+    (results,) = run_many([fn], **kwargs)
+    return results
+
+
+def run_many(
+    fns: Sequence[Callable[[], Any]],
     *,
     kind: str,
     folder: Path,
@@ -78,47 +86,148 @@ def run(
     name: str,
     poll_seconds: float,
     journal: Path | None = None,
-) -> list[Any]:
-    """Submit ``fn`` as one job, wait for every task, return their results in rank order.
+    attach_key: str | None = None,
+    array_parallelism: int = 256,
+) -> list[list[Any]]:
+    """Run each callable as one job (several: one Slurm job array, ``array_parallelism`` at a time),
+    wait for all, and return each job's per-task results.
 
-    ``kind='inline'`` calls ``fn`` in this process instead (one task, no scheduler): for debugging a
+    ``kind='inline'`` calls them in this process instead (one task, no scheduler): for debugging a
     stage under a debugger, and for tests that must kill the training process itself.
+
+    ``attach_key`` (Slurm): the jobs are recorded in ``folder/active.json``; a later call with the same
+    key finds them and waits for them instead of submitting again, so a Snakemake process that died
+    while its jobs ran never causes a second job writing the same outputs.
     """
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "inline":
-        return _run_inline(fn, name, journal)
+        return [_run_inline(fn, name, journal) for fn in fns]
     executor = make_executor(kind, folder, resources, name)
-    job = executor.submit(fn)
-    _journal(
-        journal,
-        {
-            "event": "submitted",
-            "job_id": job.job_id,
-            "name": name,
-            "kind": kind,
-            "folder": str(folder),
-            "nodes": resources.nodes,
-            "tasks": resources.world_size,
-            "gpus_per_node": resources.gpus_per_node,
-        },
-    )
-    log.info("%s: submitted %s job %s (logs: %s)", name, kind, job.job_id, folder)
-    cancel = _cancel_on_interrupt(job, kind)
+    executor.update_parameters(slurm_array_parallelism=array_parallelism) if kind == "slurm" else None
+    jobs = _attach(folder, attach_key, len(fns)) if kind == "slurm" and attach_key else None
+    if jobs is None:
+        jobs = executor.submit_array(list(fns)) if len(fns) > 1 else [executor.submit(fns[0])]
+        _record_active(folder, attach_key, jobs)
+        for job in jobs:
+            _journal(
+                journal,
+                {
+                    "event": "submitted",
+                    "job_id": job.job_id,
+                    "name": name,
+                    "kind": kind,
+                    "folder": str(folder),
+                    "nodes": resources.nodes,
+                    "tasks": resources.world_size,
+                    "gpus_per_node": resources.gpus_per_node,
+                },
+            )
+        log.info(
+            "%s: submitted %s job(s) %s (logs: %s)", name, kind, ", ".join(j.job_id for j in jobs), folder
+        )
+    cancel = _cancel_on_interrupt(jobs, kind)
     try:
-        while not job.done():
-            time.sleep(poll_seconds)
-        results = job.results()
+        _wait(jobs, kind, poll_seconds)
+        results = [job.results() for job in jobs]
     except Exception as err:
-        state = _state(job)
-        _journal(journal, {"event": "failed", "job_id": job.job_id, "name": name, "state": state})
+        failed = next((j for j in jobs if _state(j, kind) not in ("COMPLETED", "DONE", "FINISHED")), jobs[0])
+        state = _state(failed, kind)
+        _journal(journal, {"event": "failed", "job_id": failed.job_id, "name": name, "state": state})
+        _clear_active(folder)
         raise JobFailedError(
-            f"{name}: job {job.job_id} ended in state {state}.\n{_log_tail(job)}\n--- error ---\n{err}"
+            f"{name}: job {failed.job_id} ended in state {state}.\n{_log_tail(failed)}\n--- error ---\n{err}"
         ) from None
     finally:
         cancel()
-    _journal(journal, {"event": "completed", "job_id": job.job_id, "name": name, "state": _state(job)})
-    log.info("%s: job %s completed", name, job.job_id)
+    _clear_active(folder)
+    rows = slurm_state.accounting([j.job_id for j in jobs]) if kind == "slurm" else {}
+    for job in jobs:
+        _journal(
+            journal,
+            {
+                "event": "completed",
+                "job_id": job.job_id,
+                "name": name,
+                "state": _state(job, kind),
+                **_accounting_fields(rows.get(job.job_id)),
+            },
+        )
+    log.info("%s: job(s) %s completed", name, ", ".join(j.job_id for j in jobs))
     return results
+
+
+def _accounting_fields(row: dict | None) -> dict[str, Any]:
+    if not row:
+        return {}
+    job_id = row["JobID"]
+    return {
+        "state": row["State"].split(" ")[0],
+        "exit_code": row["ExitCode"],
+        "elapsed_seconds": float(row["ElapsedRaw"] or 0),
+        "node_list": row["NodeList"],
+        "requested_tres": row["ReqTRES"],
+        "array_index": int(job_id.split("_")[1]) if "_" in job_id else None,
+    }
+
+
+def _wait(jobs: list[submitit.Job], kind: str, poll_seconds: float, grace_s: float = 30.0) -> None:
+    """Until every job has ended. Slurm jobs are polled with our own state query (accounting, then the
+    queue); a job neither knows about counts as ended after ``grace_s`` (accounting disabled)."""
+    unknown_since: dict[str, float] = {}
+    while True:
+        pending = []
+        for job in jobs:
+            if kind != "slurm":
+                if not job.done():
+                    pending.append(job)
+                continue
+            state = slurm_state.state(job.job_id)
+            if state is None:
+                first = unknown_since.setdefault(job.job_id, time.time())
+                if time.time() - first < grace_s and not job.paths.result_pickle.exists():
+                    pending.append(job)
+            elif state in slurm_state.ALIVE:
+                unknown_since.pop(job.job_id, None)
+                pending.append(job)
+        if not pending:
+            return
+        time.sleep(poll_seconds)
+
+
+def _attach(folder: Path, key: str, count: int) -> list[submitit.Job] | None:
+    """The jobs a previous call recorded under ``key``, if Slurm still runs them or they completed."""
+    record = folder / "active.json"
+    if not record.exists():
+        return None
+    data = json.loads(record.read_text())
+    if data.get("key") != key or len(data["jobs"]) != count:
+        return None
+    jobs = [
+        submitit.SlurmJob(folder=folder, job_id=j["job_id"], tasks=tuple(range(j["tasks"])))
+        for j in data["jobs"]
+    ]
+    states = [slurm_state.state(j.job_id) for j in jobs]
+    usable = all(
+        s in slurm_state.ALIVE or (s == "COMPLETED" and j.paths.result_pickle.exists())
+        for s, j in zip(states, jobs, strict=True)
+    )
+    if not usable:
+        log.info("recorded job(s) %s ended as %s: submitting again", [j.job_id for j in jobs], states)
+        return None
+    log.info("re-attached to job(s) %s (%s) instead of submitting again", [j.job_id for j in jobs], states)
+    return jobs
+
+
+def _record_active(folder: Path, key: str | None, jobs: list[submitit.Job]) -> None:
+    if key is not None:
+        atomic.write_json(
+            folder / "active.json",
+            {"key": key, "jobs": [{"job_id": j.job_id, "tasks": j.num_tasks} for j in jobs]},
+        )
+
+
+def _clear_active(folder: Path) -> None:
+    (folder / "active.json").unlink(missing_ok=True)
 
 
 def _run_inline(fn: Callable[[], Any], name: str, journal: Path | None) -> list[Any]:
@@ -133,9 +242,9 @@ def _run_inline(fn: Callable[[], Any], name: str, journal: Path | None) -> list[
     return [result]
 
 
-def _state(job: submitit.Job) -> str:
+def _state(job: submitit.Job, kind: str) -> str:
     try:
-        return str(job.state)
+        return (slurm_state.state(job.job_id) or "UNKNOWN") if kind == "slurm" else str(job.state)
     except Exception:  # state queries can fail once the job is gone from the scheduler
         return "UNKNOWN"
 
@@ -163,15 +272,17 @@ def _journal(path: Path | None, event: dict[str, Any]) -> None:
         handle.write(json.dumps({"time": time.time(), **event}) + "\n")
 
 
-def _cancel_on_interrupt(job: submitit.Job, kind: str) -> Callable[[], None]:
-    """Local jobs die with the rule that launched them (Ctrl-C / snakemake stopping)."""
+def _cancel_on_interrupt(jobs: list[submitit.Job], kind: str) -> Callable[[], None]:
+    """Local jobs die with the rule that launched them (Ctrl-C / Snakemake stopping); Slurm jobs run on,
+    recorded for the next invocation to re-attach to."""
     if kind != "local":
         return lambda: None
     previous = {}
 
     def handler(signum, frame):
-        log.warning("interrupted: cancelling local job %s", job.job_id)
-        job.cancel(check=False)
+        log.warning("interrupted: cancelling local job(s) %s", [j.job_id for j in jobs])
+        for job in jobs:
+            job.cancel(check=False)
         raise KeyboardInterrupt
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,283 @@
+"""Render the HTML reports (jinja2 templates in reports/) from warehouse queries.
+
+A run report is one self-contained file: CSS inline, figures inline SVG, gallery images embedded as
+base64 PNG. Every number in it comes from a query in :mod:`workflow_scripts.report.queries`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from PIL import Image
+
+from workflow_scripts import atomic
+from workflow_scripts.report import plots
+from workflow_scripts.report import queries as q
+from workflow_scripts.warehouse.db import reader
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "reports"
+BENCH_TITLES = {
+    "unified_bench": "Table 1 — Unified-Bench",
+    "geneval": "Table 2 — GenEval",
+    "geneval_pp": "Table 3 — GenEval++",
+    "mmt": "Table 4 — MMT-Bench fine-grained probes",
+}
+PAPER_SYSTEM = {"unified_bench": "UAE", "geneval": "UAE", "geneval_pp": "UAE", "mmt": "UAE"}
+
+
+def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["num"] = lambda v, digits=2: "—" if v is None else f"{v:.{digits}f}"
+    env.filters["signed"] = lambda v, digits=2: "—" if v is None else f"{v:+.{digits}f}"
+    return env
+
+
+def image_uri(path: str | Path, side: int = 160) -> str:
+    image = Image.open(path).convert("RGB")
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _comparison(con, run: str, bench: str, systems: list[str]) -> dict[str, Any]:
+    """Paper rows as published, and per metric: the paper's UAE value, ours per system, and the delta."""
+    published = q.paper(con, bench)
+    methods = sorted({r["method"] for r in published})
+    metrics = sorted({r["metric"] for r in published}, key=lambda m: (m == "overall", m))
+    table = {(r["method"], r["metric"]): r["value"] for r in published}
+    rows = []
+    for metric in metrics:
+        ours = {s: q.score(con, run, s, bench, metric) for s in systems}
+        reference = table.get((PAPER_SYSTEM[bench], metric))
+        rows.append(
+            {
+                "metric": metric,
+                "paper": reference,
+                "ours": ours,
+                "delta": {
+                    s: None if v is None or reference is None else v - reference for s, v in ours.items()
+                },
+            }
+        )
+    return {
+        "title": BENCH_TITLES[bench],
+        "bench": bench,
+        "methods": methods,
+        "metrics": metrics,
+        "published": table,
+        "rows": rows,
+    }
+
+
+def _gallery(con, run: str, items_root: Path, systems: list[str]) -> list[dict]:
+    before, after = "none", next((s for s in ("2a+2b", "2a", "2b") if s in systems), None)
+    if before not in systems:
+        return []
+    first = q.samples(con, run, before, "unified_bench", limit=6)
+    last = {r["item_id"]: r for r in (q.samples(con, run, after, "unified_bench", limit=6) if after else [])}
+    gallery = []
+    for record in first:
+        later = last.get(record["item_id"])
+        gallery.append(
+            {
+                "item_id": record["item_id"],
+                "original": image_uri(items_root / "images" / record["input"]),
+                "before_caption": record["caption"],
+                "before": image_uri(record["output"]),
+                "after_caption": later["caption"] if later else None,
+                "after": image_uri(later["output"]) if later else None,
+                "after_system": after,
+            }
+        )
+    return gallery
+
+
+def _failures(con, run: str, systems: list[str]) -> list[dict]:
+    out = []
+    for system in systems[:1]:
+        for record in q.samples(
+            con, run, system, "geneval", where="json_extract_string(record, '$.correct') = 'false'", limit=6
+        ):
+            out.append(
+                {
+                    "system": system,
+                    "prompt": record["prompt"],
+                    "tag": record["tag"],
+                    "reason": record["reason"],
+                    "image": image_uri(record["output"], side=96),
+                }
+            )
+    return out
+
+
+def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
+    summary = q.run_summary(con, run)
+    systems = q.systems(con, run)
+    stages = q.training_stages(con, run)
+    pretrain = [s for s in stages if s.startswith("pretrain")]
+    rl = [s for s in stages if s.startswith("rl_")]
+    figures = {
+        "pretrain_loss": plots.curves(
+            {s: q.curve(con, run, s, "loss") for s in pretrain},
+            title="Pretraining loss (encoder SFT; decoder at each resolution)",
+            ylabel="loss",
+            log=True,
+        ),
+        "rl_reward": plots.curves(
+            {s: q.curve(con, run, s, "reward_mean") for s in rl}, title="RL mean reward", ylabel="reward"
+        ),
+        "rl_kl": plots.curves(
+            {s: q.curve(con, run, s, "kl") for s in rl}, title="KL to the reference", ylabel="KL"
+        ),
+        "rl_clip": plots.curves(
+            {s: q.curve(con, run, s, "clip_fraction") for s in rl}, title="Clip fraction", ylabel="fraction"
+        ),
+        "captions": plots.histogram(
+            q.caption_words(con, run), title="Caption length of kept images", xlabel="words"
+        ),
+    }
+    words, reward = (
+        q.curve(con, run, "rl_encoder", "caption_words"),
+        q.curve(con, run, "rl_encoder", "reward_mean"),
+    )
+    if words:
+        figures["aha"] = plots.aha(words, reward)
+    terms = [
+        m
+        for m in ("reward_sim_clip", "reward_sim_longclip", "reward_sim_dinov2")
+        if q.curve(con, run, "rl_encoder", m)
+    ]
+    if terms:
+        figures["rl_terms"] = plots.curves(
+            {m: q.curve(con, run, "rl_encoder", m) for m in terms},
+            title="Stage 2a reward terms",
+            ylabel="cosine similarity",
+        )
+    benches = [
+        b for b in BENCH_TITLES if any(q.score(con, run, s, b, "overall") is not None for s in systems)
+    ]
+    ablation_paper = {r["method"]: r["value"] for r in q.paper(con, "ablation")}
+    ablation = [
+        {
+            "variant": v,
+            "paper_label": label,
+            "paper": ablation_paper.get(label),
+            "ours": q.score(con, run, v, "unified_bench", "overall"),
+        }
+        for v, label in (
+            ("none", "no RL"),
+            ("2a", "+ Stage 2a"),
+            ("2b", "+ Stage 2b"),
+            ("2a+2b", "both (UAE)"),
+        )
+        if v in systems
+    ]
+    for row in ablation:
+        row["delta"] = None if row["ours"] is None or row["paper"] is None else row["ours"] - row["paper"]
+    geneval_tasks = [
+        m for m in ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+    ]
+    return {
+        "run": summary,
+        "preset": summary["preset"],
+        "comparable": summary["preset"] == "paper",
+        "jobs": q.jobs(con, run),
+        "stages": q.stages(con, run),
+        "data": q.data_counts(con, run),
+        "figures": figures,
+        "dag_svg": dag_svg,
+        "systems": systems,
+        "tables": [_comparison(con, run, b, systems) for b in benches],
+        "paper_judge": q.paper(con, "judge"),
+        "judgements": q.judgements(con, run),
+        "ablation": ablation,
+        "selections": q.selections(con, run),
+        "geneval": [
+            {
+                "system": s,
+                "tasks": {t: q.score(con, run, s, "geneval", t) for t in geneval_tasks},
+                "overall": q.score(con, run, s, "geneval", "overall"),
+            }
+            for s in systems
+        ],
+        "geneval_tasks": geneval_tasks,
+        "failures": _failures(con, run, systems),
+        "gallery": _gallery(con, run, run_dir / "eval" / "items" / "unified_bench", systems),
+        "reproduce": {"commit": summary["git_commit"], "config": str(run_dir / "config.resolved.json")},
+    }
+
+
+def _css(templates: Path) -> str:
+    return (templates / "style.css").read_text()
+
+
+def render_run(db: Path, run: str, run_dir: Path, dag: Path, out: Path, templates: Path = TEMPLATES) -> None:
+    dag_svg = dag.read_text() if dag.exists() else ""
+    dag_svg = dag_svg[dag_svg.find("<svg") :] if "<svg" in dag_svg else ""
+    with reader(db) as con:
+        context = run_context(con, run, run_dir, dag_svg)
+    html = environment(templates).get_template("run.html.j2").render(css=_css(templates), **context)
+    atomic.write_text(out, html)
+
+
+def render_index(db: Path, out: Path, reports: dict[str, str], templates: Path = TEMPLATES) -> None:
+    with reader(db) as con:
+        runs = q.runs(con)
+        scores = {r["run_id"]: q.overall_scores(con, r["run_id"]) for r in runs}
+    html = (
+        environment(templates)
+        .get_template("index.html.j2")
+        .render(css=_css(templates), runs=runs, scores=scores, reports=reports)
+    )
+    atomic.write_text(out, html)
+
+
+def render_compare(db: Path, first: str, second: str, out: Path, templates: Path = TEMPLATES) -> None:
+    from workflow_scripts.warehouse.ingest import flat_config
+
+    with reader(db) as con:
+        a, b = q.run_summary(con, first), q.run_summary(con, second)
+        fa, fb = flat_config(a["config"]), flat_config(b["config"])
+        config = [
+            {"key": k, "first": fa.get(k), "second": fb.get(k)}
+            for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k)
+        ]
+        scores = {}
+        for run in (first, second):
+            for r in q.overall_scores(con, run):
+                scores.setdefault((r["system"], r["benchmark"]), {})[run] = r["value"]
+        metrics = [
+            {
+                "system": s,
+                "benchmark": bch,
+                "first": v.get(first),
+                "second": v.get(second),
+                "delta": None if first not in v or second not in v else v[second] - v[first],
+            }
+            for (s, bch), v in sorted(scores.items())
+        ]
+        curves = {}
+        for stage in sorted(set(q.training_stages(con, first)) | set(q.training_stages(con, second))):
+            metric = "reward_mean" if stage.startswith("rl_") else "loss"
+            curves[stage] = plots.curves(
+                {
+                    f"{first}": q.curve(con, first, stage, metric),
+                    f"{second}": q.curve(con, second, stage, metric),
+                },
+                title=f"{stage}: {metric}",
+                ylabel=metric,
+            )
+    html = (
+        environment(templates)
+        .get_template("compare.html.j2")
+        .render(css=_css(templates), first=a, second=b, config=config, metrics=metrics, curves=curves)
+    )
+    atomic.write_text(out, html)
