@@ -1,5 +1,6 @@
-# umm-pipeline: the UAE recipe as one DAG:
-# data -> pretraining -> Unified-GRPO -> variants -> benchmarks -> DuckDB warehouse -> HTML report.
+# umm-pipeline: the UAE and UniToken recipes as one DAG:
+# data -> pretraining -> Unified-GRPO -> variants (+ UniToken's three stages) -> benchmarks -> DuckDB
+# warehouse -> HTML report.
 # The Snakefile is a table of contents; rules/ declare stages, workflow_scripts/ computes.
 
 
@@ -23,6 +24,7 @@ include: "rules/rl_encoder.smk"
 include: "rules/rl_decoder.smk"
 include: "rules/rl_variants.smk"
 include: "rules/select.smk"
+include: "rules/unitoken.smk"
 include: "rules/eval.smk"
 include: "rules/warehouse.smk"
 include: "rules/report.smk"

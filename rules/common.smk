@@ -4,6 +4,9 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from workflow_scripts.dag import Run
+from workflow_scripts.dag.session import release_lock_on_hangup
+
+release_lock_on_hangup()
 
 # resolve preset <- config.yaml <- --config, validate against config.schema.json, check model dirs
 RUN = Run.load(config)
@@ -17,7 +20,7 @@ INGEST = "python -m workflow_scripts.warehouse ingest {params.args} > {log} 2>&1
 
 
 wildcard_constraints:
-    component="encoder|decoder|clip|longclip|dinov2|dinov3",
+    component="encoder|decoder|clip|longclip|dinov2|dinov3|unitoken_lm|unitoken_vision",
     source="|".join(RUN.sources),
     phase="|".join(RUN.phases),
     variant="|".join(re.escape(v) for v in RUN.cfg.rl.variants),
@@ -25,8 +28,8 @@ wildcard_constraints:
     system="|".join(re.escape(s) for s in RUN.systems),
     external="|".join(re.escape(s) for s in RUN.external_systems) or "(?!)",
     bench="|".join(RUN.benchmarks) or "(?!)",
-    shard="|".join(RUN.shards),
     train_stage="|".join(re.escape(s) for s in RUN.train_stages),
+    unitoken_stage="|".join(re.escape(s) for s in RUN.unitoken_stages) or "(?!)",
 
 
 def caption_inputs(wildcards):
@@ -52,6 +55,19 @@ def rl_encoder_inputs(wildcards):
 
 def rl_decoder_inputs(wildcards):
     return RUN.rl_decoder_inputs(wildcards.variant, stage_model)
+
+
+# UniToken's inputs are functions: with the recipe disabled its rules are never asked for
+def unitoken_pretokenize_inputs(wildcards):
+    return RUN.unitoken_pretokenize_inputs()
+
+
+def unitoken_train_inputs(wildcards):
+    return RUN.unitoken_train_inputs(wildcards.unitoken_stage)
+
+
+def unitoken_system_inputs(wildcards):
+    return RUN.unitoken_system_inputs()
 
 
 def variant_inputs(wildcards):

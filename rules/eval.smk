@@ -39,11 +39,11 @@ rule eval_generate:
         system=LAYOUT.variant("{system}"),
         item_set=LAYOUT.eval_items("{bench}"),
     output:
-        shard=directory(LAYOUT.eval_shard("{system}", "{bench}", "{shard}")),
+        generated=LAYOUT.eval_generated("{system}", "{bench}"),
     log:
-        LAYOUT.log("eval_generate.{system}.{bench}.{shard}"),
+        LAYOUT.log("eval_generate.{system}.{bench}"),
     benchmark:
-        LAYOUT.benchmark("eval_generate.{system}.{bench}.{shard}")
+        LAYOUT.benchmark("eval_generate.{system}.{bench}")
     conda:
         ENV
     threads: RUN.threads("eval_generate")

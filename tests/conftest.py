@@ -77,10 +77,12 @@ def stage_command(
     inputs: dict[str, Path],
     *,
     wildcards: dict[str, str] | None = None,
+    outputs: dict[str, Path] | None = None,
     **overrides,
 ) -> list[str]:
     """The launcher command line of one stage on given inputs, with the ci config plus ``overrides``;
-    its resolved config lives under ``workdir`` and its model is exported to ``workdir/final``."""
+    its resolved config lives under ``workdir`` and its model is exported to ``workdir/final`` (or
+    to ``outputs``)."""
     from workflow_scripts.config.loader import deep_merge
     from workflow_scripts.config.stages import stage_hash
     from workflow_scripts.dag import Run
@@ -97,11 +99,41 @@ def stage_command(
         run.config_path,
         "--stage-hash",
         stage_hash(run.plain, stage, **wildcards),
-        "--output",
-        f"model={workdir / 'final'}",
     ]
+    for key, value in (outputs or {"model": workdir / "final"}).items():
+        command += ["--output", f"{key}={value}"]
     for key, value in wildcards.items():
         command += ["--wildcard", f"{key}={value}"]
     for key, value in inputs.items():
         command += ["--input", f"{key}={value}"]
     return command
+
+
+def decoder_phase_command(source: Path, workdir: Path, steps: int = 40, **overrides) -> list[str]:
+    """The low-resolution decoder phase on the data and encoder of the run in ``source`` (a run directory),
+    micro-batch 4, ``steps`` long, checkpoints every 5 steps."""
+    from workflow_scripts.config.loader import deep_merge
+
+    (ci_lowres,) = [p for p in ci_config()["pretrain"]["decoder"]["phases"] if p["name"] == "lowres"]
+    phase = deep_merge(
+        ci_lowres, {"loop": {"steps": steps, "micro_batch_size": 4, "checkpoint": {"every_steps": 5}}}
+    )
+    overrides = deep_merge({"pretrain": {"decoder": {"previews": 0, "phases": [phase]}}}, overrides)
+    inputs = {
+        "decoder": source / "models/tiny/decoder",
+        "encoder": source / "train/pretrain_encoder/final",
+        "shards": source / "data/shards",
+    }
+    return stage_command("pretrain_decoder", workdir, inputs, wildcards={"phase": "lowres"}, **overrides)
+
+
+def decoder_weights(final: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {
+        **load_file(final / "transformer/diffusion_pytorch_model.safetensors"),
+        **{
+            f"projector.{k}": v
+            for k, v in load_file(final / "projector/diffusion_pytorch_model.safetensors").items()
+        },
+    }

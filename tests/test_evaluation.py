@@ -24,7 +24,7 @@ BENCHES = ("unified_bench", "geneval", "geneval_pp", "mmt")
 def test_every_system_has_every_benchmark_traceable_to_samples(tiny_dag):
     run = tiny_dag / "results" / "ci"
     summary = json.loads((run / "eval/summary.json").read_text())
-    assert set(summary["systems"]) == {"none", "2a", "2b", "2a+2b"}
+    assert set(summary["systems"]) == {"none", "2a", "2b", "2a+2b", "unitoken"}  # UniToken: same harness
     for system, benches in summary["systems"].items():
         assert set(benches) == set(BENCHES)
         for bench in BENCHES:
@@ -44,9 +44,10 @@ def test_every_system_has_every_benchmark_traceable_to_samples(tiny_dag):
             elif bench == "mmt":
                 assert len(records) == 5 * 4 * 4  # tasks x questions x circular rotations
     assert set(summary["ablation_unified_bench_overall"]) == {"none", "2a", "2b", "2a+2b"}
-    (row,) = summary["judge"]
-    assert (row["system"], row["baseline"]) == ("2a+2b", "none")
-    assert sum(row["judges"]["scene_graph"][k] for k in ("win", "tie", "loss")) == pytest.approx(100.0)
+    pairs = {(row["system"], row["baseline"]): row for row in summary["judge"]}
+    assert set(pairs) == {("2a+2b", "none"), ("unitoken", "2a+2b")}  # UAE vs baseline, UniToken vs UAE
+    for row in pairs.values():
+        assert sum(row["judges"]["scene_graph"][k] for k in ("win", "tie", "loss")) == pytest.approx(100.0)
 
 
 def test_selection_scores_every_saved_checkpoint_on_val(tiny_dag):
@@ -73,11 +74,11 @@ def test_scorer_and_selection_changes_rerun_only_what_they_feed(tiny_dag):
 
     try:
         rescore = _rerun(tiny_dag, "--config", "eval={detector: {threshold: 0.5}}")
-        # 4 systems x (geneval, geneval_pp); then their ingest, the run's ingest and the report
+        # 5 systems (4 UAE variants + UniToken) x (geneval, geneval_pp); their ingest, the run's, the report
         assert rescore == {
-            "eval_score": 8,
+            "eval_score": 10,
             "eval_summary": 1,
-            "ingest_eval": 8,
+            "ingest_eval": 10,
             "ingest_run": 1,
             "report": 1,
             "report_index": 1,

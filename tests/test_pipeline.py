@@ -12,10 +12,14 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.conftest import ci_config, snakemake, stage_command, write_config
-from workflow_scripts.config.loader import deep_merge
+from tests.conftest import (
+    decoder_phase_command,
+    decoder_weights,
+    snakemake,
+    stage_command,
+    write_config,
+)
 from workflow_scripts.train.metrics import read
 
 pytestmark = pytest.mark.slow
@@ -106,10 +110,10 @@ def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):
         assert not {"rl_coldstart", "pretrain_decoder", *upstream} & set(rerun)
         # a generation setting of one benchmark: its shards, scores and the summary; nothing upstream
         assert _rerun(tiny_dag, "--config", "eval={geneval: {resolution: 32}}") == {
-            "eval_generate": 4,
-            "eval_score": 4,
+            "eval_generate": 5,  # every system: 4 UAE variants and UniToken
+            "eval_score": 5,
             "eval_summary": 1,
-            "ingest_eval": 4,
+            "ingest_eval": 5,
             **REPORT,
             "all": 1,
         }
@@ -126,40 +130,17 @@ def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):
     assert not {"pretrain_decoder", *upstream} & set(forced)
 
 
-def _decoder_phase_command(tiny_dag: Path, workdir: Path, steps: int = 40, **overrides) -> list[str]:
-    """The low-resolution decoder phase on the DAG's data and encoder, micro-batch 4, ``steps`` long."""
-    source = tiny_dag / "results" / "ci"
-    (ci_lowres,) = [p for p in ci_config()["pretrain"]["decoder"]["phases"] if p["name"] == "lowres"]
-    phase = deep_merge(
-        ci_lowres, {"loop": {"steps": steps, "micro_batch_size": 4, "checkpoint": {"every_steps": 5}}}
-    )
-    overrides = deep_merge({"pretrain": {"decoder": {"previews": 0, "phases": [phase]}}}, overrides)
-    inputs = {
-        "decoder": source / "models/tiny/decoder",
-        "encoder": source / "train/pretrain_encoder/final",
-        "shards": source / "data/shards",
-    }
-    return stage_command("pretrain_decoder", workdir, inputs, wildcards={"phase": "lowres"}, **overrides)
-
-
-def _weights(final: Path) -> dict[str, torch.Tensor]:
-    return {
-        **load_file(final / "transformer/diffusion_pytorch_model.safetensors"),
-        **{
-            f"projector.{k}": v
-            for k, v in load_file(final / "projector/diffusion_pytorch_model.safetensors").items()
-        },
-    }
-
-
-def test_killed_training_resumes_to_the_same_weights(tiny_dag, tmp_path):
+def test_killed_training_resumes_to_the_samedecoder_weights(tiny_dag, tmp_path):
     inline = {"launcher": {"kind": "inline"}}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     subprocess.run(
-        _decoder_phase_command(tiny_dag, whole, **inline), check=True, capture_output=True, cwd=tiny_dag
+        decoder_phase_command(tiny_dag / "results" / "ci", whole, **inline),
+        check=True,
+        capture_output=True,
+        cwd=tiny_dag,
     )
 
-    command = _decoder_phase_command(tiny_dag, cut, **inline)
+    command = decoder_phase_command(tiny_dag / "results" / "ci", cut, **inline)
     process = subprocess.Popen(
         command, cwd=tiny_dag, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -178,7 +159,7 @@ def test_killed_training_resumes_to_the_same_weights(tiny_dag, tmp_path):
     subprocess.run(command, check=True, capture_output=True, cwd=tiny_dag)
     resumed_from = json.loads((cut / "final/provenance.json").read_text())
     assert resumed_from["stage"] == "pretrain_decoder/lowres"
-    a, b = _weights(whole / "final"), _weights(cut / "final")
+    a, b = decoder_weights(whole / "final"), decoder_weights(cut / "final")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -193,7 +174,7 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_dag, tmp_path):
     for tasks in (1, 2):
         folder = tmp_path / f"tasks{tasks}"
         launcher = {"launcher": {"kind": "local", "defaults": {"tasks_per_node": tasks, "cpus_per_task": 1}}}
-        command = _decoder_phase_command(tiny_dag, folder, steps=10, **launcher)
+        command = decoder_phase_command(tiny_dag / "results" / "ci", folder, steps=10, **launcher)
         result = subprocess.run(command, capture_output=True, text=True, cwd=tiny_dag)
         assert result.returncode == 0, result.stderr[-3000:]
         prov = json.loads((folder / "final/provenance.json").read_text())
@@ -238,7 +219,7 @@ def test_decoder_lora_checkpoints_hold_adapters_that_load_over_their_base(tiny_d
     from workflow_scripts.models.decoder import load_decoder
 
     lora = {"launcher": {"kind": "inline"}, "pretrain": {"decoder": {"transformer": "lora"}}}
-    command = _decoder_phase_command(tiny_dag, tmp_path, steps=4, **lora)
+    command = decoder_phase_command(tiny_dag / "results" / "ci", tmp_path, steps=4, **lora)
     subprocess.run(command, check=True, capture_output=True, cwd=tiny_dag)
     checkpoint = sorted((tmp_path / "checkpoints").glob("step_*"))[-1] / "model"
     assert (checkpoint / "transformer_adapter/adapter_config.json").exists()

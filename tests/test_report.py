@@ -23,6 +23,7 @@ SECTIONS = (
     "training",
     "gallery",
     "tables",
+    "recipes",
     "ablation",
     "selection",
     "geneval",
@@ -44,7 +45,7 @@ def test_warehouse_has_every_table_and_reingesting_adds_nothing(tiny_dag):
     db = tiny_dag / "results" / "umm.duckdb"
     before = _counts(db)
     assert all(before[t] > 0 for t in TABLES), before
-    assert _sql(db, "SELECT count(DISTINCT system) FROM eval_scores WHERE run_id = 'ci'") == [(4,)]
+    assert _sql(db, "SELECT count(DISTINCT system) FROM eval_scores WHERE run_id = 'ci'") == [(5,)]
     snakemake(
         tiny_dag,
         "all",
@@ -99,6 +100,19 @@ def _check_cells_against_sql(db: Path, html: str) -> int:
             expected = "—" if not rows else f"{rows[0][0]:.3f}"
             assert text == expected, (bench, attrs, text, expected)
             checked += 1
+    (recipes,) = re.findall(r'<table id="recipes-table">(.*?)</table>', html, flags=re.S)
+    sub = _Cells()
+    sub.feed(recipes)
+    assert {a["data-system"] for a, _ in sub.cells} == {"2a+2b", "unitoken"}  # UAE vs UniToken
+    assert {a["data-bench"] for a, _ in sub.cells} >= {"unified_bench", "geneval", "geneval_pp", "mmt"}
+    for attrs, text in sub.cells:
+        rows = _sql(
+            db,
+            "SELECT value FROM eval_scores WHERE run_id='ci' AND system=? AND benchmark=? AND metric=?",
+            (attrs["data-system"], attrs["data-bench"], attrs["data-metric"]),
+        )
+        assert text == ("—" if not rows else f"{rows[0][0]:.3f}"), (attrs, text)
+        checked += 1
     for attrs, text in parser.cells:
         if "data-variant" in attrs:
             (value,) = _sql(

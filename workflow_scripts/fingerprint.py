@@ -47,3 +47,14 @@ def fingerprint(path: str | os.PathLike) -> str:
         digest.update(str(file.relative_to(path)).encode())
         digest.update(_file_fingerprint(file).encode())
     return digest.hexdigest()
+
+
+def code_digest() -> str:
+    """Fingerprint of this package's Python source: results that are reused across runs carry it, so a
+    code change never reuses a result the old code made."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for file in sorted(package.rglob("*.py")):
+        digest.update(str(file.relative_to(package)).encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()

@@ -67,14 +67,23 @@ class RunLayout:
         return self.stage_dir(stage) / "final"
 
     # --- evaluation -----------------------------------------------------------------------------
+    @property
+    def unitoken_tokens(self) -> Path:
+        """The record index of UniToken's pre-tokenised shards (tokens-*.parquet beside it)."""
+        return self.root / "unitoken" / "tokens" / "index.parquet"
+
     def selection(self, stage: str) -> Path:
         return self.root / "selection" / f"{stage}.json"
 
     def eval_items(self, bench: str) -> Path:
         return self.root / "eval" / "items" / bench
 
-    def eval_shard(self, system: str, bench: str, shard: str | int) -> Path:
-        return self.root / "eval" / system / bench / f"shard-{shard}"
+    def eval_shard(self, system: str, bench: str, shard: int) -> Path:
+        return self.root / "eval" / system / bench / f"shard-{shard:03d}"
+
+    def eval_generated(self, system: str, bench: str) -> Path:
+        """The list of a (system, benchmark)'s generation shards: the output of its job array."""
+        return self.root / "eval" / system / bench / "generated.json"
 
     def eval_records(self, system: str, bench: str) -> Path:
         return self.root / "eval" / system / bench / "records.parquet"

@@ -73,6 +73,7 @@ class LocalSlurm:
     cpus: int = 2
     gpus: int = 8
     cluster: str = "umm"
+    min_job_age: int = 600  # seconds the controller remembers a finished job
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -244,6 +245,7 @@ class LocalSlurm:
                 f"AccountingStoragePort={self.dbd_port}",
                 f"AccountingStoragePass={self.munge_socket}",
                 "JobAcctGatherType=jobacct_gather/none",
+                "AccountingStorageTRES=gres/gpu",  # so sacct's ReqTRES lists the GPUs asked for
             ]
             if self.accounting
             else ["AccountingStorageType=accounting_storage/none"]
@@ -268,8 +270,8 @@ class LocalSlurm:
                     "GresTypes=gpu",
                     "ReturnToService=2",
                     "SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2",
-                    "MinJobAge=600",
-                    "KillWait=5",
+                    f"MinJobAge={self.min_job_age}",
+                    "KillWait=2",
                     "InactiveLimit=0",
                     "JobRequeue=1",
                     f"StateSaveLocation={self.root / 'state' / 'ctld'}",

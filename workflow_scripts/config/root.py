@@ -12,6 +12,7 @@ from workflow_scripts.launch.config import LauncherConfig
 from workflow_scripts.models.config import ModelsConfig
 from workflow_scripts.pretrain.config import PretrainConfig
 from workflow_scripts.rl.config import RLConfig
+from workflow_scripts.unitoken.config import UniTokenConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,6 +38,7 @@ class UmmConfig:
     eval: EvalConfig = doc("Benchmarks (Tables 1-5), the ablation and checkpoint selection.")
     warehouse: WarehouseConfig = doc("The DuckDB results warehouse and the HTML reports.")
     launcher: LauncherConfig = doc("Where heavy stages run (local / Slurm) and their resources.")
+    unitoken: UniTokenConfig = doc("The UniToken recipe, trained and evaluated beside UAE.")
 
     def __post_init__(self) -> None:
         readers = {
@@ -48,14 +50,22 @@ class UmmConfig:
         for phase in self.pretrain.decoder.phases:
             readers[f"pretrain.decoder phase '{phase.name}'"] = phase.resolution
         available = list(self.data.resolutions)
+        if self.unitoken.enabled:
+            if self.models.source == "tiny":  # the tokenizer reads data shards at its own resolution
+                readers["unitoken.models.tiny_vq"] = self.unitoken.models.tiny_vq.resolution
+            if "unitoken" in set(self.eval.systems) | set(self.rl.variants):
+                raise ValueError("'unitoken' names UniToken's system; rename the variant or system")
         clash = set(self.eval.systems) & set(self.rl.variants)
         if clash:
             raise ValueError(f"eval.systems names {sorted(clash)} are also rl.variants; rename them")
+        # a pair naming 'unitoken' is skipped while the recipe is disabled (dag.evaluation.judge_pairs)
+        systems = {*self.rl.variants, *self.eval.systems, "unitoken"}
         for first, second in self.eval.judge.pairs:
             for name in (first, second):
-                if name not in self.rl.variants and name not in self.eval.systems:
+                if name not in systems:
                     raise ValueError(
-                        f"eval.judge.pairs names '{name}', which is neither in rl.variants nor eval.systems"
+                        f"eval.judge.pairs names '{name}', which is not a system: one of rl.variants, "
+                        "eval.systems or 'unitoken'"
                     )
         for key, resolution in readers.items():
             if resolution not in available:

@@ -29,9 +29,19 @@ def _view(name: str) -> Callable[[View], View]:
 @_view("build_tiny_model")
 def _tiny_model(cfg: Mapping[str, Any], component: str) -> dict[str, Any]:
     models = cfg["models"]
-    spec = models[component]["tiny"] if component in models else models["reward"][component]["tiny"]
+    if component.startswith("unitoken_"):
+        unitoken = cfg["unitoken"]["models"]
+        spec = {"lm": unitoken["tiny_lm"], "vision": unitoken["tiny_vision"]}[
+            component.removeprefix("unitoken_")
+        ]
+        if component == "unitoken_lm":  # its vocabulary holds one token per code, its VQ-VAE the shapes
+            spec = {**spec, "vq": unitoken["tiny_vq"]}
+    elif component in models:
+        spec = models[component]["tiny"]
+    else:
+        spec = models["reward"][component]["tiny"]
     view = {"seed": cfg["seed"], "spec": spec}
-    if component == "encoder":
+    if component in ("encoder", "unitoken_lm"):
         # the tiny tokenizer is trained on captions of the configured shapes world
         view["vocabulary"] = {
             k: cfg["data"]["sources"]["synthetic"][k] for k in ("classes", "colors", "textures")
@@ -150,14 +160,44 @@ def _eval_items(cfg: Mapping[str, Any], bench: str) -> dict[str, Any]:
 
 
 @_view("eval_generate")
-def _eval_generate(cfg: Mapping[str, Any], system: str, bench: str, shard: str) -> dict[str, Any]:
+def _eval_generate(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, Any]:
+    view = {"shards": cfg["eval"]["shards"], **_pick(cfg["eval"][bench], _GENERATION_KEYS[bench])}
+    if system == UNITOKEN_SYSTEM:
+        return {**view, "unitoken": _unitoken_prompting(cfg)}
+    return {**view, "inference": cfg["inference"], "decoder_reading": _decoder_reading(cfg)}
+
+
+UNITOKEN_SYSTEM = "unitoken"
+
+
+def _unitoken_prompting(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    pretokenize = cfg["unitoken"]["pretokenize"]
     return {
-        "inference": cfg["inference"],
-        "decoder_reading": _decoder_reading(cfg),
-        "shards": cfg["eval"]["shards"],
-        "shard": shard,
-        **_pick(cfg["eval"][bench], _GENERATION_KEYS[bench]),
+        "sampling": cfg["unitoken"]["sampling"],
+        "instructions": _pick(pretokenize, ("caption_instruction", "generate_instruction")),
     }
+
+
+@_view("unitoken_vq")
+def _unitoken_vq(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    unitoken = cfg["unitoken"]
+    return {"seed": cfg["seed"], "spec": unitoken["models"]["tiny_vq"], "train": unitoken["vq_train"]}
+
+
+@_view("unitoken_pretokenize")
+def _unitoken_pretokenize(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {"pretokenize": cfg["unitoken"]["pretokenize"]}
+
+
+@_view("unitoken_train")
+def _unitoken_train(cfg: Mapping[str, Any], unitoken_stage: str) -> dict[str, Any]:
+    (stage,) = [s for s in cfg["unitoken"]["stages"] if s["name"] == unitoken_stage]
+    return {"seed": cfg["seed"], "z_loss": cfg["unitoken"]["z_loss"], "stage": stage}
+
+
+@_view("unitoken_system")
+def _unitoken_system(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
 
 
 @_view("eval_score")

@@ -13,7 +13,7 @@ class EvalPaths:
 
     @property
     def systems(self) -> list[str]:
-        return [*self.cfg.rl.variants, *self.cfg.eval.systems]
+        return [*self.cfg.rl.variants, *self.unitoken_systems, *self.cfg.eval.systems]
 
     @property
     def external_systems(self) -> list[str]:
@@ -29,13 +29,11 @@ class EvalPaths:
         ev = self.cfg.eval
         return list(ev.unified_bench.backbones) if ev.unified_bench.enabled or ev.selection.enabled else []
 
-    @property
-    def shards(self) -> list[str]:
-        return [f"{k:03d}" for k in range(self.cfg.eval.shards)]
-
     def score_inputs(self, system: str, bench: str) -> dict[str, str]:
-        inputs = {"item_set": str(self.layout.eval_items(bench))}
-        inputs.update({f"shard_{k}": str(self.layout.eval_shard(system, bench, k)) for k in self.shards})
+        inputs = {
+            "item_set": str(self.layout.eval_items(bench)),
+            "generated": str(self.layout.eval_generated(system, bench)),
+        }
         if bench == "unified_bench":
             inputs.update(self.backbone_inputs(self.eval_backbones))
         elif bench in ("geneval", "geneval_pp") and self.cfg.eval.detector.color == "clip":
@@ -47,7 +45,7 @@ class EvalPaths:
         judge = self.cfg.eval.judge
         if not (judge.enabled and judge.judges and "unified_bench" in self.benchmarks):
             return []
-        return [(a, b) for a, b in judge.pairs]
+        return [(a, b) for a, b in judge.pairs if a in self.systems and b in self.systems]
 
     def summary_inputs(self) -> dict[str, str]:
         inputs = {

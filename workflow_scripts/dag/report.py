@@ -25,7 +25,10 @@ class ReportPaths:
 
     @property
     def train_stages(self) -> list[str]:
-        return ["pretrain_encoder", *(decoder_stage(p) for p in self.phases), *self.rl_stages]
+        unitoken = [f"unitoken_{s}" for s in self.unitoken_stages]
+        if unitoken and self.cfg.models.source == "tiny":
+            unitoken.insert(0, "unitoken_vq")
+        return ["pretrain_encoder", *(decoder_stage(p) for p in self.phases), *self.rl_stages, *unitoken]
 
     def ingest_training_inputs(self, stage: str) -> dict[str, str]:
         inputs = {"final": str(self.layout.final(stage))}

@@ -19,12 +19,13 @@ from workflow_scripts.config.stages import stage_hash
 from workflow_scripts.dag.evaluation import EvalPaths
 from workflow_scripts.dag.report import ReportPaths
 from workflow_scripts.dag.rl import RLPaths
+from workflow_scripts.dag.unitoken import UniTokenPaths
 from workflow_scripts.layout import RunLayout, decoder_stage
 from workflow_scripts.models.paths import DIFFUSERS_FILES, require_model_dir
 
 
 @dataclass(frozen=True)
-class Run(RLPaths, EvalPaths, ReportPaths):
+class Run(RLPaths, EvalPaths, UniTokenPaths, ReportPaths):
     plain: dict[str, Any]
     cfg: UmmConfig
     layout: RunLayout
@@ -67,6 +68,7 @@ class Run(RLPaths, EvalPaths, ReportPaths):
                     getattr(models.reward, name).path, f"models.reward.{name}.path", expect=(marker,)
                 )
         self.check_eval_paths()
+        self.check_unitoken_paths()
         captioning = self.cfg.data.captioning
         used = {captioning.draft[s] for s in self.cfg.data.sources.enabled()}
         if "vlm" in used:
@@ -158,5 +160,6 @@ class Run(RLPaths, EvalPaths, ReportPaths):
         return str(self.layout.final(decoder_stage(self.phases[-1])))
 
     def final_targets(self) -> list[str]:
-        stages = self.data_targets() + self.pretrain_targets() + self.rl_targets() + self.eval_targets()
+        stages = self.data_targets() + self.pretrain_targets() + self.rl_targets() + self.unitoken_targets()
+        stages += self.eval_targets()
         return stages + self.report_targets()

@@ -27,7 +27,10 @@ def shard_items(items: list[dict], shard: int, shards: int) -> list[dict]:
     return [item for i, item in enumerate(items) if i % shards == shard]
 
 
-def generate(bench: str, items_dir: Path, system: System, cfg: EvalConfig, shard: int, out: Path) -> int:
+def generate(
+    bench: str, items_dir: Path, system: System, cfg: EvalConfig, shard: int, out: Path, key: str = ""
+) -> int:
+    """Generate one shard's records into ``out`` (atomically); ``key`` identifies what made them."""
     items = shard_items(read(items_dir), shard, cfg.shards)
     records: list[dict] = []
     with atomic.directory(out) as tmp:
@@ -35,6 +38,7 @@ def generate(bench: str, items_dir: Path, system: System, cfg: EvalConfig, shard
         for item in tqdm(items, desc=f"{system.name}/{bench}/shard{shard}", unit="item", mininterval=5):
             records.extend(_CALLS[bench](item, items_dir, system, cfg, tmp / "images", bench))
         (tmp / "records.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        (tmp / "key.txt").write_text(key)
     log.info("%s %s shard %d: %d items, %d records", system.name, bench, shard, len(items), len(records))
     return len(records)
 

@@ -11,20 +11,30 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from workflow_scripts import atomic, provenance
+from workflow_scripts.config.loader import digest
+from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.eval import generate, items, judge, score, selection
 from workflow_scripts.eval.detectors import ClipColors, PaletteColors, ShapesDetector, TransformersDetector
 from workflow_scripts.eval.geneval import GENEVAL_PP_CATEGORIES, TASKS, ScoringConstants
-from workflow_scripts.eval.systems import System, load_system
-from workflow_scripts.launch.job import JobContext
+from workflow_scripts.eval.systems import MODEL_PARTS, System, load_system
+from workflow_scripts.fingerprint import code_digest, fingerprint
+from workflow_scripts.launch.job import JobContext, JobSpec
+from workflow_scripts.layout import RunLayout
 from workflow_scripts.models.encoder import load_encoder
 from workflow_scripts.rl.common import load_backbones, reward_backbone_inputs
 from workflow_scripts.train.dist import job_device
+from workflow_scripts.unitoken.system import UniTokenSystem, load_unitoken_system
 
 log = logging.getLogger(__name__)
 
 
-def _system(ctx: JobContext, record) -> System:
+def _system(ctx: JobContext, record) -> System | UniTokenSystem:
+    """The system a variant record names: a UAE-family captioner + decoder, or one UniToken model."""
     device = job_device(ctx.local_rank)
+    dtype = ctx.cfg.models.torch_dtype(device)
+    record = json.loads(Path(record).read_text()) if not isinstance(record, dict) else record
+    if record.get("family") == "unitoken":
+        return load_unitoken_system(record, ctx.cfg.unitoken, device=device, dtype=dtype)
     reading = ctx.cfg.models.decoder
     return load_system(
         record,
@@ -32,7 +42,7 @@ def _system(ctx: JobContext, record) -> System:
         role=reading.conditioning_role,
         max_text_tokens=reading.max_text_tokens,
         device=device,
-        dtype=ctx.cfg.models.torch_dtype(device),
+        dtype=dtype,
     )
 
 
@@ -74,11 +84,55 @@ def eval_system(ctx: JobContext) -> dict:
     return record
 
 
+def generation_shards(cfg: UmmConfig) -> int:
+    """eval_generate runs as a job array: one element per shard."""
+    return cfg.eval.shards
+
+
 def eval_generate(ctx: JobContext) -> dict:
-    bench, shard = ctx.spec.wildcards["bench"], int(ctx.spec.wildcards["shard"])
+    """One shard of a (system, benchmark)'s generations. A shard finished by an earlier attempt with the
+    same config view, inputs and code is kept, so a rerun after one shard failed redoes only that one."""
+    system_name, bench = ctx.spec.wildcards["system"], ctx.spec.wildcards["bench"]
+    shard = ctx.spec.array_index or 0
+    out = RunLayout.of(ctx.cfg).eval_shard(system_name, bench, shard)
+    key = _shard_key(ctx, shard)
+    done = out / "key.txt"
+    if done.is_file() and done.read_text() == key:
+        count = sum(1 for line in (out / "records.jsonl").read_text().splitlines() if line.strip())
+        log.info(
+            "%s %s shard %d: kept from an earlier attempt (%d records)", system_name, bench, shard, count
+        )
+        return {"shard": shard, "records": count, "path": str(out), "kept": True}
     system = _system(ctx, ctx.input("system"))
-    count = generate.generate(bench, ctx.input("item_set"), system, ctx.cfg.eval, shard, ctx.output("shard"))
-    return {"records": count}
+    count = generate.generate(bench, ctx.input("item_set"), system, ctx.cfg.eval, shard, out, key=key)
+    return {"shard": shard, "records": count, "path": str(out), "kept": False}
+
+
+def _shard_key(ctx: JobContext, shard: int) -> str:
+    record = json.loads(ctx.input("system").read_text())
+    models = {part: fingerprint(record[part]) for part in MODEL_PARTS if part in record}
+    return digest(
+        {
+            "view": ctx.view_hash,
+            "shard": shard,
+            "items": fingerprint(ctx.input("item_set")),
+            "models": models,
+            "code": code_digest(),
+        }
+    )
+
+
+def gather_generated(spec: JobSpec, results: list[dict]) -> None:
+    """Written once every shard of the array has finished: the shard list eval_score reads."""
+    shards = sorted(results, key=lambda r: r["shard"])
+    atomic.write_json(
+        Path(spec.outputs["generated"]),
+        {
+            "shards": [r["path"] for r in shards],
+            "records": sum(r["records"] for r in shards),
+            "kept": [r["shard"] for r in shards if r["kept"]],
+        },
+    )
 
 
 def _records_table(records: list[dict]) -> pa.Table:
@@ -88,7 +142,7 @@ def _records_table(records: list[dict]) -> pa.Table:
 
 def eval_score(ctx: JobContext) -> dict:
     bench, system = ctx.spec.wildcards["bench"], ctx.spec.wildcards["system"]
-    shards = [Path(p) for k, p in sorted(ctx.spec.inputs.items()) if k.startswith("shard_")]
+    shards = [Path(p) for p in json.loads(ctx.input("generated").read_text())["shards"]]
     records = score.load_records(shards)
     cfg = ctx.cfg.eval
     if bench == "unified_bench":

@@ -13,6 +13,9 @@ from workflow_scripts.config.inference import InferenceConfig
 from workflow_scripts.models.decoder import Decoder, load_decoder
 from workflow_scripts.models.encoder import Encoder, load_encoder
 
+# the model directories a variant record may name (UAE family: the first three; UniToken: the last two)
+MODEL_PARTS = ("captioner", "text_encoder", "decoder", "model", "vq")
+
 
 @dataclass
 class System:

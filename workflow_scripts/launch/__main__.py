@@ -6,13 +6,15 @@ Snakemake rules call this; it is also the way to run a stage by hand with the sa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
 import sys
 
+from workflow_scripts.config.loader import digest
 from workflow_scripts.launch.job import JobSpec, StageJob, configure_logging, load_config
-from workflow_scripts.launch.launcher import JobFailedError, run
+from workflow_scripts.launch.launcher import JobFailedError, run_many
 from workflow_scripts.launch.stages import STAGES
 from workflow_scripts.layout import RunLayout
 
@@ -27,6 +29,11 @@ def _pairs(values: list[str]) -> dict[str, str]:
             raise SystemExit(f"expected NAME=VALUE, got {value!r}")
         out[key] = item
     return out
+
+
+def _function(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,22 +61,28 @@ def main(argv: list[str] | None = None) -> int:
     spec = JobSpec(**{**spec.__dict__, "threads": resources.cpus_per_task})
     label = "_".join([args.stage, *spec.wildcards.values()])
     entry = STAGES[args.stage]
+    specs = [spec]
+    if entry.array:
+        elements = _function(entry.array)(cfg)
+        specs = [dataclasses.replace(spec, array_index=k) for k in range(elements)]
     try:
-        results = run(
-            StageJob(spec, entry.run),
+        per_job = run_many(
+            [StageJob(s, entry.run) for s in specs],
             kind=cfg.launcher.kind,
             folder=layout.jobs(label),
             resources=resources,
             name=f"umm-{cfg.run_name}-{label}",
             poll_seconds=cfg.launcher.poll_seconds,
             journal=layout.root / "logs" / "jobs.jsonl",
+            attach_key=digest(dataclasses.asdict(spec)),
+            array_parallelism=cfg.launcher.array_parallelism,
         )
     except JobFailedError as err:
         log.error("%s", err)
         return 1
+    results = [result for job in per_job for result in job]  # tasks of one job, or one per element
     if entry.gather:
-        module, _, name = entry.gather.partition(":")
-        getattr(importlib.import_module(module), name)(spec, results)
+        _function(entry.gather)(spec, results)
     log.info("%s done: %s", label, json.dumps(results[0], default=str)[:500] if results else "")
     return 0
 

@@ -61,10 +61,18 @@ class LauncherConfig:
         "profile switches this."
     )
     poll_seconds: float = doc("How often a waiting rule polls its job's state.")
+    array_parallelism: int = doc(
+        "Elements of a job array (e.g. evaluation shards) Slurm runs at once (sbatch --array=0-N%K). "
+        "The local executor runs a stage's elements one after another."
+    )
     defaults: Resources = doc("Resources of every heavy stage unless overridden.")
     stages: dict[str, ResourceOverrides] = doc(
         "Per-stage overrides, keyed by stage name (e.g. pretrain_decoder, pretrain_encoder)."
     )
+
+    def __post_init__(self) -> None:
+        if self.array_parallelism < 1:
+            raise ValueError("array_parallelism must be >= 1")
 
     def resources(self, stage: str) -> Resources:
         override = self.stages.get(stage)

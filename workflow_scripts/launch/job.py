@@ -29,6 +29,7 @@ class JobSpec:
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     threads: int = 1
+    array_index: int | None = None  # this job's element of the stage's job array, if it has one
 
 
 @dataclass
@@ -99,9 +100,10 @@ class StageJob(submitit.helpers.Checkpointable):
         module, _, name = self.target.partition(":")
         entry = getattr(importlib.import_module(module), name)
         log.info(
-            "stage %s %s: task %d/%d (job %s)",
+            "stage %s %s%s: task %d/%d (job %s)",
             self.spec.stage,
             self.spec.wildcards,
+            "" if self.spec.array_index is None else f" element {self.spec.array_index}",
             rank,
             world,
             os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "in-process"),

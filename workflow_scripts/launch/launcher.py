@@ -88,12 +88,16 @@ def run_many(
     journal: Path | None = None,
     attach_key: str | None = None,
     array_parallelism: int = 256,
+    unknown_grace_s: float = 60.0,
 ) -> list[list[Any]]:
     """Run each callable as one job (several: one Slurm job array, ``array_parallelism`` at a time),
     wait for all, and return each job's per-task results.
 
     ``kind='inline'`` calls them in this process instead (one task, no scheduler): for debugging a
     stage under a debugger, and for tests that must kill the training process itself.
+
+    A Slurm job that neither accounting nor the controller knows (a cluster without accounting, after
+    MinJobAge) counts as ended after ``unknown_grace_s``.
 
     ``attach_key`` (Slurm): the jobs are recorded in ``folder/active.json``; a later call with the same
     key finds them and waits for them instead of submitting again, so a Snakemake process that died
@@ -102,8 +106,12 @@ def run_many(
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "inline":
         return [_run_inline(fn, name, journal) for fn in fns]
+    if kind == "local" and len(fns) > 1:  # one machine: elements take turns on the rule's cores
+        common = dict(kind=kind, folder=folder, resources=resources, name=name, poll_seconds=poll_seconds)
+        return [run_many([fn], **common, journal=journal)[0] for fn in fns]
     executor = make_executor(kind, folder, resources, name)
-    executor.update_parameters(slurm_array_parallelism=array_parallelism) if kind == "slurm" else None
+    if kind == "slurm":
+        executor.update_parameters(slurm_array_parallelism=array_parallelism)
     jobs = _attach(folder, attach_key, len(fns)) if kind == "slurm" and attach_key else None
     if jobs is None:
         jobs = executor.submit_array(list(fns)) if len(fns) > 1 else [executor.submit(fns[0])]
@@ -127,10 +135,15 @@ def run_many(
         )
     cancel = _cancel_on_interrupt(jobs, kind)
     try:
-        _wait(jobs, kind, poll_seconds)
+        _wait(jobs, kind, poll_seconds, unknown_grace_s)
+        unfinished = [j.job_id for j in jobs if not _results_written(j)]
+        if unfinished:  # ended without a result: killed, cancelled, out of memory or time
+            raise RuntimeError(f"job(s) {', '.join(unfinished)} ended without writing a result")
         results = [job.results() for job in jobs]
     except Exception as err:
-        failed = next((j for j in jobs if _state(j, kind) not in ("COMPLETED", "DONE", "FINISHED")), jobs[0])
+        failed = next((j for j in jobs if not _results_written(j)), None) or next(
+            (j for j in jobs if _state(j, kind) not in ("COMPLETED", "DONE", "FINISHED")), jobs[0]
+        )
         state = _state(failed, kind)
         _journal(journal, {"event": "failed", "job_id": failed.job_id, "name": name, "state": state})
         _clear_active(folder)
@@ -170,9 +183,10 @@ def _accounting_fields(row: dict | None) -> dict[str, Any]:
     }
 
 
-def _wait(jobs: list[submitit.Job], kind: str, poll_seconds: float, grace_s: float = 30.0) -> None:
+def _wait(jobs: list[submitit.Job], kind: str, poll_seconds: float, grace_s: float) -> None:
     """Until every job has ended. Slurm jobs are polled with our own state query (accounting, then the
-    queue); a job neither knows about counts as ended after ``grace_s`` (accounting disabled)."""
+    controller); a job none of them knows, or one left in a state a requeue passes through (PREEMPTED),
+    counts as ended after ``grace_s``."""
     unknown_since: dict[str, float] = {}
     while True:
         pending = []
@@ -182,9 +196,9 @@ def _wait(jobs: list[submitit.Job], kind: str, poll_seconds: float, grace_s: flo
                     pending.append(job)
                 continue
             state = slurm_state.state(job.job_id)
-            if state is None:
+            if state is None or state in slurm_state.TRANSIENT:
                 first = unknown_since.setdefault(job.job_id, time.time())
-                if time.time() - first < grace_s and not job.paths.result_pickle.exists():
+                if time.time() - first < grace_s and not _results_written(job):
                     pending.append(job)
             elif state in slurm_state.ALIVE:
                 unknown_since.pop(job.job_id, None)
@@ -192,6 +206,11 @@ def _wait(jobs: list[submitit.Job], kind: str, poll_seconds: float, grace_s: flo
         if not pending:
             return
         time.sleep(poll_seconds)
+
+
+def _results_written(job: submitit.Job) -> bool:
+    tasks = [job.task(t) for t in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+    return all(task.paths.result_pickle.exists() for task in tasks)
 
 
 def _attach(folder: Path, key: str, count: int) -> list[submitit.Job] | None:
@@ -208,7 +227,7 @@ def _attach(folder: Path, key: str, count: int) -> list[submitit.Job] | None:
     ]
     states = [slurm_state.state(j.job_id) for j in jobs]
     usable = all(
-        s in slurm_state.ALIVE or (s == "COMPLETED" and j.paths.result_pickle.exists())
+        s in slurm_state.ALIVE or (s == "COMPLETED" and _results_written(j))
         for s, j in zip(states, jobs, strict=True)
     )
     if not usable:

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 class StageEntry:
     run: str  # "module:function" taking a JobContext
     gather: str | None = None  # "module:function" taking (JobSpec, list of task results)
+    # "module:function" taking the config and returning how many elements the stage's job array has
+    # (each element's JobSpec carries its array_index); None: one job
+    array: str | None = None
 
 
 STAGES: dict[str, StageEntry] = {
@@ -29,8 +32,20 @@ STAGES: dict[str, StageEntry] = {
     "select_checkpoint": StageEntry("workflow_scripts.eval.stage:select_checkpoint"),
     "eval_items": StageEntry("workflow_scripts.eval.stage:eval_items"),
     "eval_system": StageEntry("workflow_scripts.eval.stage:eval_system"),
-    "eval_generate": StageEntry("workflow_scripts.eval.stage:eval_generate"),
+    "eval_generate": StageEntry(
+        "workflow_scripts.eval.stage:eval_generate",
+        gather="workflow_scripts.eval.stage:gather_generated",
+        array="workflow_scripts.eval.stage:generation_shards",
+    ),
     "eval_score": StageEntry("workflow_scripts.eval.stage:eval_score"),
     "eval_judge": StageEntry("workflow_scripts.eval.stage:eval_judge"),
     "eval_summary": StageEntry("workflow_scripts.eval.stage:eval_summary"),
+    "unitoken_vq": StageEntry("workflow_scripts.unitoken.stage:train_vq"),
+    "unitoken_pretokenize": StageEntry(
+        "workflow_scripts.unitoken.stage:pretokenize",
+        gather="workflow_scripts.unitoken.stage:gather_pretokenized",
+        array="workflow_scripts.unitoken.stage:pretokenize_shards",
+    ),
+    "unitoken_train": StageEntry("workflow_scripts.unitoken.stage:train_stage"),
+    "unitoken_system": StageEntry("workflow_scripts.unitoken.stage:unitoken_system"),
 }

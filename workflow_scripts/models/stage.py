@@ -8,6 +8,7 @@ from workflow_scripts.models import tiny
 from workflow_scripts.reward.backbones import build_tiny
 from workflow_scripts.reward.config import BACKBONES
 from workflow_scripts.seeding import derive_seed
+from workflow_scripts.unitoken import tiny as unitoken_tiny
 
 
 def build_tiny_model(ctx: JobContext) -> dict:
@@ -21,6 +22,16 @@ def build_tiny_model(ctx: JobContext) -> dict:
             tiny.build_encoder(cfg.models.encoder.tiny, cfg.seed, corpus, tmp)
         elif component == "decoder":
             tiny.build_decoder(cfg.models.decoder.tiny, cfg.seed, tmp)
+        elif component == "unitoken_lm":
+            synthetic = cfg.data.sources.synthetic
+            corpus = tiny.caption_corpus(cfg.seed, synthetic.classes, synthetic.colors, synthetic.textures)
+            models = cfg.unitoken.models
+            unitoken_tiny.build_lm(
+                models.tiny_lm, models.tiny_vq, derive_seed(cfg.seed, "tiny", component), corpus, tmp
+            )
+        elif component == "unitoken_vision":
+            spec = cfg.unitoken.models.tiny_vision
+            unitoken_tiny.build_vision(spec, derive_seed(cfg.seed, "tiny", component), tmp)
         elif component in BACKBONES:
             spec = getattr(cfg.models.reward, component).tiny
             build_tiny(component, spec, derive_seed(cfg.seed, "tiny", component), tmp)

@@ -55,21 +55,28 @@ def caption_corpus(seed: int, classes, colors, textures, scenes_count: int = 200
     return corpus
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int):
-    """A byte-level BPE tokenizer with Qwen2.5-VL's special tokens and chat format."""
+def train_bpe(corpus: list[str], vocab_size: int, special_tokens: list[str]):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``corpus``, special tokens first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
 
     core = Tokenizer(models.BPE(unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     core.train_from_iterator(corpus, trainer)
+    return core
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer with Qwen2.5-VL's special tokens and chat format."""
+    from transformers import Qwen2TokenizerFast
+
+    core = train_bpe(corpus, vocab_size, list(QWEN_SPECIAL_TOKENS))
     template = resources.files("workflow_scripts.models").joinpath("assets/chat_template.jinja").read_text()
     return Qwen2TokenizerFast(
         tokenizer_object=core,

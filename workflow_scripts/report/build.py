@@ -76,6 +76,33 @@ def _comparison(con, run: str, bench: str, systems: list[str]) -> dict[str, Any]
     }
 
 
+UAE_SYSTEMS = ("2a+2b", "2a", "2b", "none")  # the most trained UAE system a run has
+
+
+def _recipes(con, run: str, systems: list[str]) -> dict[str, Any] | None:
+    """UAE vs UniToken on every benchmark both ran (same items, same seeds), beside published values."""
+    uae = next((s for s in UAE_SYSTEMS if s in systems), None)
+    if uae is None or "unitoken" not in systems:
+        return None
+    pair = [uae, "unitoken"]
+    rows = []
+    for bench, title in BENCH_TITLES.items():
+        published = {(r["method"], r["metric"]): r["value"] for r in q.paper(con, bench)}
+        for metric in q.metrics(con, run, bench, pair):
+            rows.append(
+                {
+                    "bench": title,
+                    "key": bench,
+                    "metric": metric,
+                    "uae": q.score(con, run, uae, bench, metric),
+                    "unitoken": q.score(con, run, "unitoken", bench, metric),
+                    "paper_uae": published.get(("UAE", metric)),
+                    "paper_unitoken": published.get(("UniToken", metric)),
+                }
+            )
+    return {"uae": uae, "rows": rows}
+
+
 def _gallery(con, run: str, items_root: Path, systems: list[str]) -> list[dict]:
     before, after = "none", next((s for s in ("2a+2b", "2a", "2b") if s in systems), None)
     if before not in systems:
@@ -195,6 +222,7 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
         "dag_svg": dag_svg,
         "systems": systems,
         "tables": [_comparison(con, run, b, systems) for b in benches],
+        "recipes": _recipes(con, run, systems),
         "paper_judge": q.paper(con, "judge"),
         "judgements": q.judgements(con, run),
         "ablation": ablation,

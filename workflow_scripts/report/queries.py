@@ -31,8 +31,8 @@ def run_summary(con, run: str) -> dict[str, Any]:
 def jobs(con, run: str) -> list[dict]:
     return rows(
         con,
-        """SELECT job_id, name, launcher, state, nodes, tasks, gpus_per_node, node_list, exit_code,
-                               round(elapsed_seconds, 1) AS elapsed_seconds, requested_tres
+        """SELECT job_id, array_index, name, launcher, state, nodes, tasks, gpus_per_node, node_list,
+                               exit_code, round(elapsed_seconds, 1) AS elapsed_seconds, requested_tres
                         FROM jobs WHERE run_id = ? ORDER BY submitted_at, job_id""",
         [run],
     )
@@ -94,6 +94,17 @@ def score(con, run: str, system: str, bench: str, metric: str) -> float | None:
         [run, system, bench, metric],
     )
     return found["value"] if found else None
+
+
+def metrics(con, run: str, bench: str, systems: list[str]) -> list[str]:
+    """Every metric any of ``systems`` has on ``bench``, overall first."""
+    found = rows(
+        con,
+        """SELECT DISTINCT metric FROM eval_scores
+           WHERE run_id = ? AND benchmark = ? AND list_contains(?, system)""",
+        [run, bench, systems],
+    )
+    return sorted((r["metric"] for r in found), key=lambda m: (m != "overall", m))
 
 
 def systems(con, run: str) -> list[str]:

@@ -35,7 +35,8 @@ class TrainTask(Protocol):
     name: str
 
     def trainable(self) -> torch.nn.Module:
-        """The module accelerate wraps; only its parameters with requires_grad are optimised."""
+        """The module accelerate wraps; only its parameters with requires_grad are optimised. A task may
+        also define ``param_groups(model) -> [{"params": [...], "lr_scale": s}]`` (lr x s per group)."""
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[Any]:
         """This process's micro-batches of ``step`` (deterministic in step, rank, world)."""
@@ -76,7 +77,8 @@ def train(
     model = task.trainable()
     if loop.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
-    optimizer = build_optimizer(model.parameters(), loop.optim)
+    groups = getattr(task, "param_groups", None)  # optional: per-group learning-rate scales
+    optimizer = build_optimizer(groups(model) if groups else model.parameters(), loop.optim)
     schedule = build_schedule(optimizer, loop.optim, loop.steps)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(schedule)
