@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -136,40 +138,49 @@ def pretokenize_shards(cfg: UmmConfig) -> int:
     return cfg.unitoken.pretokenize.shards
 
 
-def _candidates(ctx: JobContext, resolution: int) -> list[dict]:
-    """Every record before tokenisation: {record_id, source, task, turns, image loaders}; LongCap
-    images are read from the data shards at the tokenizer's resolution."""
+def _units(ctx: JobContext, resolution: int) -> list[Callable[[], list[dict]]]:
+    """Work units in a fixed order, each a loader of candidate records ({record_id, source, task, turns,
+    image loaders}): one per LongCap image (its caption and generate records, read from the data shards at
+    the tokenizer's resolution) and one per released-format record. Nothing is read until a unit is
+    called, so each array element reads only its own units."""
     cfg = ctx.cfg.unitoken.pretokenize
-    found: list[dict] = []
+    units: list[Callable[[], list[dict]]] = []
     if cfg.longcap:
         data = ShardDataset(ctx.input("shards"), "train", resolution)
-        for i in range(len(data)):
-            record = data[i]
-            turns = longcap_conversations(record.caption, cfg.caption_instruction, cfg.generate_instruction)
-            for task, conversation in turns.items():
-                found.append(
-                    {
-                        "record_id": f"longcap:{record.image_id}:{task}",
-                        "source": "longcap",
-                        "task": task,
-                        "turns": conversation,
-                        "images": [lambda r=record: r.image],
-                    }
-                )
+        units += [partial(_longcap_records, data, i, cfg) for i in range(len(data))]
     for path in cfg.conversations:
-        for n, entry in enumerate(read_conversation_file(Path(path))):
-            images = entry.get("image") or []
-            images = [images] if isinstance(images, str) else images
-            found.append(
-                {
-                    "record_id": f"{Path(path).name}:{n}",
-                    "source": Path(path).name,
-                    "task": "conversation",
-                    "turns": entry.get("conversations") or [],
-                    "images": [lambda p=Path(path).parent / i: _open(p) for i in images],
-                }
-            )
-    return found
+        entries = read_conversation_file(Path(path))
+        units += [partial(_conversation_records, Path(path), n, entry) for n, entry in enumerate(entries)]
+    return units
+
+
+def _longcap_records(data: ShardDataset, index: int, cfg) -> list[dict]:
+    record = data[index]
+    turns = longcap_conversations(record.caption, cfg.caption_instruction, cfg.generate_instruction)
+    return [
+        {
+            "record_id": f"longcap:{record.image_id}:{task}",
+            "source": "longcap",
+            "task": task,
+            "turns": conversation,
+            "images": [lambda: record.image],
+        }
+        for task, conversation in turns.items()
+    ]
+
+
+def _conversation_records(path: Path, n: int, entry: dict) -> list[dict]:
+    images = entry.get("image") or []
+    images = [images] if isinstance(images, str) else images
+    return [
+        {
+            "record_id": f"{path.name}:{n}",
+            "source": path.name,
+            "task": "conversation",
+            "turns": entry.get("conversations") or [],
+            "images": [partial(_open, path.parent / image) for image in images],
+        }
+    ]
 
 
 def _open(path: Path) -> Image.Image:
@@ -188,7 +199,8 @@ def pretokenize(ctx: JobContext) -> dict:
     layout = Layout.from_dirs(ctx.input("lm"), ctx.input("vision"))
     vq = VQTokenizer.from_pretrained(ctx.input("vq"))
     rows, rejected = [], []
-    for candidate in _candidates(ctx, vq.config.resolution)[shard::shards]:
+    candidates = (c for unit in _units(ctx, vq.config.resolution)[shard::shards] for c in unit())
+    for candidate in candidates:
         try:
             images = [load() for load in candidate["images"]]
             codes = []
