@@ -28,17 +28,19 @@ class UniTokenPaths:
             return str(self.layout.final("unitoken_vq"))
         return str(self.layout.tiny_model(f"unitoken_{part}"))
 
+    def unitoken_parts(self) -> dict[str, str]:
+        return {part: self.unitoken_part(part) for part in ("lm", "vision", "vq")}
+
     def unitoken_train_inputs(self, stage: str) -> dict[str, str]:
         """Stage 1 starts from the published parts; every later stage from the one before it."""
         index = self.unitoken_stages.index(stage)
         inputs = {"tokens": str(self.layout.unitoken_tokens)}
         if index == 0:
-            return {**inputs, **{part: self.unitoken_part(part) for part in ("lm", "vision", "vq")}}
+            return {**inputs, **self.unitoken_parts()}
         return {**inputs, "start": str(self.layout.final(f"unitoken_{self.unitoken_stages[index - 1]}"))}
 
     def unitoken_pretokenize_inputs(self) -> dict[str, str]:
-        parts = {part: self.unitoken_part(part) for part in ("lm", "vision", "vq")}
-        return {"shards": str(self.layout.shards), **parts}
+        return {"shards": str(self.layout.shards), **self.unitoken_parts()}
 
     def unitoken_system_inputs(self) -> dict[str, str]:
         """UniToken after its last stage, and the tokenizer whose decoder draws its codes."""

@@ -95,7 +95,8 @@ def eval_generate(ctx: JobContext) -> dict:
     system_name, bench = ctx.spec.wildcards["system"], ctx.spec.wildcards["bench"]
     shard = ctx.spec.array_index or 0
     out = RunLayout.of(ctx.cfg).eval_shard(system_name, bench, shard)
-    key = _shard_key(ctx, shard)
+    record = json.loads(ctx.input("system").read_text())
+    key = _shard_key(ctx, record, shard)
     done = out / "key.txt"
     if done.is_file() and done.read_text() == key:
         count = sum(1 for line in (out / "records.jsonl").read_text().splitlines() if line.strip())
@@ -103,13 +104,12 @@ def eval_generate(ctx: JobContext) -> dict:
             "%s %s shard %d: kept from an earlier attempt (%d records)", system_name, bench, shard, count
         )
         return {"shard": shard, "records": count, "path": str(out), "kept": True}
-    system = _system(ctx, ctx.input("system"))
+    system = _system(ctx, record)
     count = generate.generate(bench, ctx.input("item_set"), system, ctx.cfg.eval, shard, out, key=key)
     return {"shard": shard, "records": count, "path": str(out), "kept": False}
 
 
-def _shard_key(ctx: JobContext, shard: int) -> str:
-    record = json.loads(ctx.input("system").read_text())
+def _shard_key(ctx: JobContext, record: dict, shard: int) -> str:
     models = {part: fingerprint(record[part]) for part in MODEL_PARTS if part in record}
     return digest(
         {

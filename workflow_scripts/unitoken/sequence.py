@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -86,6 +87,10 @@ class Layout:
             [names[code_token_name(c)] for c in range(codebook)],
             (vision.image_size // vision.patch_size) ** 2,
         )
+
+    @cached_property
+    def token_to_code(self) -> dict[int, int]:
+        return {token: code for code, token in enumerate(self.code_to_token)}
 
     def text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -157,13 +157,17 @@ def _units(ctx: JobContext, resolution: int) -> list[Callable[[], list[dict]]]:
 def _longcap_records(data: ShardDataset, index: int, cfg) -> list[dict]:
     record = data[index]
     turns = longcap_conversations(record.caption, cfg.caption_instruction, cfg.generate_instruction)
+
+    def image() -> Image.Image:  # one loader for both records: the image is encoded once
+        return record.image
+
     return [
         {
             "record_id": f"longcap:{record.image_id}:{task}",
             "source": "longcap",
             "task": task,
             "turns": conversation,
-            "images": [lambda: record.image],
+            "images": [image],
         }
         for task, conversation in turns.items()
     ]
@@ -191,40 +195,48 @@ def _open(path: Path) -> Image.Image:
         raise RecordError(f"unreadable image {path}: {type(err).__name__}: {err}") from None
 
 
+@torch.no_grad()
+def _encoded(load: Callable[[], Image.Image], done: dict, vq: VQTokenizer) -> tuple[bytes, torch.Tensor]:
+    """(PNG bytes, VQ codes) of the image ``load`` gives; read and encoded once per loader."""
+    if load not in done:
+        image = load()
+        codes, _, _ = vq.encode(to_pixels([image], vq.config.resolution))
+        done[load] = (token_files.png(image), codes[0])
+    return done[load]
+
+
 def pretokenize(ctx: JobContext) -> dict:
-    """Shard k: candidates k, k + shards, ...; images VQ-encoded once; bad records logged and skipped."""
+    """Shard k: work units k, k + shards, ...; each image VQ-encoded once; bad records logged and skipped."""
     cfg = ctx.cfg.unitoken
     shard, shards = ctx.spec.array_index or 0, cfg.pretokenize.shards
     out = ctx.output("index").parent
     layout = Layout.from_dirs(ctx.input("lm"), ctx.input("vision"))
     vq = VQTokenizer.from_pretrained(ctx.input("vq"))
     rows, rejected = [], []
-    candidates = (c for unit in _units(ctx, vq.config.resolution)[shard::shards] for c in unit())
-    for candidate in candidates:
-        try:
-            images = [load() for load in candidate["images"]]
-            codes = []
-            if images:
-                codes, _, _ = vq.encode(to_pixels(images, vq.config.resolution))
-            input_ids, labels = layout.encode(candidate["turns"], list(codes))
-            if len(input_ids) > cfg.pretokenize.max_length:
-                raise RecordError(f"{len(input_ids)} tokens > max_length {cfg.pretokenize.max_length}")
-            if all(label == IGNORE for label in labels):
-                raise RecordError("nothing to learn: no gpt turn")
-        except RecordError as err:
-            rejected.append({"record_id": candidate["record_id"], "reason": str(err)})
-            log.warning("rejected %s: %s", candidate["record_id"], err)
-            continue
-        rows.append(
-            {
-                "record_id": candidate["record_id"],
-                "source": candidate["source"],
-                "task": candidate["task"],
-                "input_ids": input_ids,
-                "labels": labels,
-                "images": [token_files.png(i) for i in images],
-            }
-        )
+    for unit in _units(ctx, vq.config.resolution)[shard::shards]:
+        done: dict = {}  # images the unit's records share
+        for candidate in unit():
+            try:
+                images = [_encoded(load, done, vq) for load in candidate["images"]]
+                input_ids, labels = layout.encode(candidate["turns"], [codes for _, codes in images])
+                if len(input_ids) > cfg.pretokenize.max_length:
+                    raise RecordError(f"{len(input_ids)} tokens > max_length {cfg.pretokenize.max_length}")
+                if all(label == IGNORE for label in labels):
+                    raise RecordError("nothing to learn: no gpt turn")
+            except RecordError as err:
+                rejected.append({"record_id": candidate["record_id"], "reason": str(err)})
+                log.warning("rejected %s: %s", candidate["record_id"], err)
+                continue
+            rows.append(
+                {
+                    "record_id": candidate["record_id"],
+                    "source": candidate["source"],
+                    "task": candidate["task"],
+                    "input_ids": input_ids,
+                    "labels": labels,
+                    "images": [png for png, _ in images],
+                }
+            )
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(token_files.shard_file(out, shard), rows, token_files.SCHEMA)
     atomic.write_text(token_files.rejected_file(out, shard), "".join(json.dumps(r) + "\n" for r in rejected))

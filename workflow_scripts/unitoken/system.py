@@ -57,12 +57,13 @@ class UniTokenSystem:
         """Each image: grid² codes sampled from image-code logits only (CFG, top-k), then VQ-decoded."""
         layout, sampling = self.model.layout, self.cfg.sampling
         grid = self.vq.grid
+        codes_only = image_code_mask(self.model)
         pictures = []
         for prompt, seed in zip(prompts, seeds, strict=True):
             tokens = sample(
                 self.model,
                 layout.generation_prompt(prompt, self.cfg.pretokenize.generate_instruction),
-                image_code_mask(self.model),
+                codes_only,
                 Sampling(
                     steps=grid * grid,
                     temperature=sampling.image_temperature,
@@ -78,8 +79,7 @@ class UniTokenSystem:
         return pictures
 
     def tokens_to_codes(self, tokens: list[int]) -> torch.Tensor:
-        lookup = {t: c for c, t in enumerate(self.model.layout.code_to_token)}
-        return torch.tensor([lookup[t] for t in tokens])
+        return torch.tensor([self.model.layout.token_to_code[t] for t in tokens])
 
 
 def load_unitoken_system(record: dict, cfg: UniTokenConfig, *, device, dtype) -> UniTokenSystem:
