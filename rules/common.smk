@@ -9,14 +9,22 @@ from workflow_scripts.dag.session import release_lock_on_hangup
 release_lock_on_hangup()
 
 # resolve preset <- config.yaml <- --config, validate against config.schema.json, check model dirs
-RUN = Run.load(config)
+# (all of them unless --config plan_only=true). Loading writes nothing: planning (-n) leaves results/ as
+# it is; the resolved config every job reads is recorded in onstart, which only a real run calls.
+RUN = Run.load(config, write=False)
 LAYOUT = RUN.layout
 ENV = "../envs/umm.yaml"
 
-# every stage runs through the same launcher (submitit: local, in-process or Slurm)
-LAUNCH = "python -m workflow_scripts.launch {params.launch} --stage-hash {params.stage_hash} > {log} 2>&1"
+
+onstart:
+    RUN.write_resolved_config()
+
+
+# every stage runs through the same launcher (submitit: local, in-process or Slurm); params.launch
+# and params.args arrive quoted word by word, every other path through :q (a path may hold a space)
+LAUNCH = "python -m workflow_scripts.launch {params.launch} --stage-hash {params.stage_hash:q} > {log:q} 2>&1"
 # warehouse ingests run here, never on the cluster: one writer at a time under the warehouse's file lock
-INGEST = "python -m workflow_scripts.warehouse ingest {params.args} > {log} 2>&1"
+INGEST = "python -m workflow_scripts.warehouse ingest {params.args} > {log:q} 2>&1"
 
 
 wildcard_constraints:
@@ -32,12 +40,28 @@ wildcard_constraints:
     unitoken_stage="|".join(re.escape(s) for s in RUN.unitoken_stages) or "(?!)",
 
 
+# RUN.inputs leaves the model directories out of a plan-only DAG (--config plan_only=true)
 def caption_inputs(wildcards):
-    return {"raw": LAYOUT.raw(wildcards.source), **RUN.caption_models(wildcards.source)}
+    return RUN.inputs(
+        {
+            "raw": str(LAYOUT.raw(wildcards.source)),
+            **RUN.caption_models(wildcards.source),
+        }
+    )
 
 
-def decoder_start(wildcards):
-    return RUN.decoder_start(wildcards.phase)
+def pretrain_encoder_inputs(wildcards):
+    return RUN.inputs({"base": RUN.base_model("encoder"), "shards": str(LAYOUT.shards)})
+
+
+def pretrain_decoder_inputs(wildcards):
+    return RUN.inputs(
+        {
+            "decoder": RUN.decoder_start(wildcards.phase),
+            "encoder": str(LAYOUT.final("pretrain_encoder")),
+            "shards": str(LAYOUT.shards),
+        }
+    )
 
 
 def stage_model(stage):
@@ -50,24 +74,24 @@ def stage_model(stage):
 
 
 def rl_encoder_inputs(wildcards):
-    return RUN.rl_encoder_inputs(stage_model)
+    return RUN.inputs(RUN.rl_encoder_inputs(stage_model))
 
 
 def rl_decoder_inputs(wildcards):
-    return RUN.rl_decoder_inputs(wildcards.variant, stage_model)
+    return RUN.inputs(RUN.rl_decoder_inputs(wildcards.variant, stage_model))
 
 
 # UniToken's inputs are functions: with the recipe disabled its rules are never asked for
 def unitoken_pretokenize_inputs(wildcards):
-    return RUN.unitoken_pretokenize_inputs()
+    return RUN.inputs(RUN.unitoken_pretokenize_inputs())
 
 
 def unitoken_train_inputs(wildcards):
-    return RUN.unitoken_train_inputs(wildcards.unitoken_stage)
+    return RUN.inputs(RUN.unitoken_train_inputs(wildcards.unitoken_stage))
 
 
 def unitoken_system_inputs(wildcards):
-    return RUN.unitoken_system_inputs()
+    return RUN.inputs(RUN.unitoken_system_inputs())
 
 
 def variant_inputs(wildcards):
@@ -75,11 +99,11 @@ def variant_inputs(wildcards):
 
 
 def selection_inputs(wildcards):
-    return RUN.selection_inputs(wildcards.rl_stage, stage_model)
+    return RUN.inputs(RUN.selection_inputs(wildcards.rl_stage, stage_model))
 
 
 def score_inputs(wildcards):
-    return RUN.score_inputs(wildcards.system, wildcards.bench)
+    return RUN.inputs(RUN.score_inputs(wildcards.system, wildcards.bench))
 
 
 def ingest_training_inputs(wildcards):

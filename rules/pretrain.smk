@@ -1,7 +1,6 @@
 rule pretrain_encoder:
     input:
-        base=RUN.base_model("encoder"),
-        shards=LAYOUT.shards,
+        unpack(pretrain_encoder_inputs),
     output:
         model=directory(LAYOUT.final("pretrain_encoder")),
     log:
@@ -20,9 +19,7 @@ rule pretrain_encoder:
 
 rule pretrain_decoder:
     input:
-        decoder=decoder_start,
-        encoder=LAYOUT.final("pretrain_encoder"),
-        shards=LAYOUT.shards,
+        unpack(pretrain_decoder_inputs),
     output:
         model=directory(LAYOUT.final("pretrain_decoder_{phase}")),
     log:

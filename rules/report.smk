@@ -14,8 +14,8 @@ rule report_dag:
         config=RUN.config_path,
         snakefile=workflow.main_snakefile,
     shell:
-        "python -m workflow_scripts.report dag --snakefile {params.snakefile} --configfile {params.config} "
-        "--out {output} > {log} 2>&1"
+        "python -m workflow_scripts.report dag --snakefile {params.snakefile:q} --configfile {params.config:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -35,8 +35,8 @@ rule report:
         run=RUN.cfg.run_name,
         run_dir=RUN.run_dir,
     shell:
-        "python -m workflow_scripts.report run --db {params.db} --run {params.run} --run-dir {params.run_dir} "
-        "--dag {input.dag} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.report run --db {params.db:q} --run {params.run:q} --run-dir {params.run_dir:q} "
+        "--dag {input.dag:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report_index:
@@ -52,4 +52,4 @@ rule report_index:
         db=RUN.warehouse_path,
         entry=f"{RUN.cfg.run_name}={LAYOUT.report.relative_to(RUN.cfg.results_root)}",
     shell:
-        "python -m workflow_scripts.report index --db {params.db} --out {output} --report {params.entry} > {log} 2>&1"
+        "python -m workflow_scripts.report index --db {params.db:q} --out {output:q} --report {params.entry:q} > {log:q} 2>&1"

@@ -73,4 +73,4 @@ rule ingest_run:
         args=RUN.ingest_args("run"),
         run_dir=RUN.run_dir,
     shell:
-        "python -m workflow_scripts.warehouse ingest {params.args} --input run_dir={params.run_dir} > {log} 2>&1"
+        "python -m workflow_scripts.warehouse ingest {params.args} --input run_dir={params.run_dir:q} > {log:q} 2>&1"

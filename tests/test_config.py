@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -151,3 +152,108 @@ def test_per_stage_resources_override_defaults():
     assert cfg.launcher.resources("pretrain_encoder").cpus_per_task == 2  # the tiny preset's own override
     with pytest.raises(ConfigError, match=r"launcher\.stages\.pretrain_encoder\.nodez"):
         resolve({"launcher": {"stages": {"pretrain_encoder": {"nodez": 3}}}})
+
+
+# --- lists of named things merge by name (issue 14, item 4) ---------------------------------------
+def _phases(plain):
+    return {p["name"]: p for p in plain["pretrain"]["decoder"]["phases"]}
+
+
+def test_one_decoder_phase_changes_without_restating_the_list():
+    # what Snakemake hands over for --config pretrain="{decoder: {phases: {highres: {loop: {steps: 7}}}}}"
+    base = resolve({})
+    edited = resolve({"pretrain": {"decoder": {"phases": {"highres": {"loop": {"steps": "7"}}}}}})
+    assert [p["name"] for p in edited["pretrain"]["decoder"]["phases"]] == ["lowres", "highres"]
+    assert _phases(edited)["highres"]["loop"]["steps"] == 7
+    assert _phases(edited)["highres"]["loop"]["optim"] == _phases(base)["highres"]["loop"]["optim"]
+    assert _phases(edited)["lowres"] == _phases(base)["lowres"]
+    assert stage_hash(base, "pretrain_decoder", phase="lowres") == stage_hash(
+        edited, "pretrain_decoder", phase="lowres"
+    )
+    assert stage_hash(base, "pretrain_decoder", phase="highres") != stage_hash(
+        edited, "pretrain_decoder", phase="highres"
+    )
+
+
+def test_named_mapping_order_adds_and_drops_items():
+    reordered = resolve({"unitoken": {"stages": {"order": ["align", "instruct"]}}})
+    assert [s["name"] for s in reordered["unitoken"]["stages"]] == ["align", "instruct"]
+    highres = copy.deepcopy(_phases(resolve({}))["highres"])
+    del highres["name"]
+    added = resolve({"pretrain": {"decoder": {"phases": {"extra": highres}}}})
+    assert [p["name"] for p in added["pretrain"]["decoder"]["phases"]] == ["lowres", "highres", "extra"]
+    with pytest.raises(ConfigError, match=r"pretrain\.decoder\.phases\.order.*'mid'"):
+        resolve({"pretrain": {"decoder": {"phases": {"order": ["lowres", "mid"]}}}})
+    with pytest.raises(ConfigError, match=r"pretrain\.decoder\.phases\.highres.*mapping"):
+        resolve({"pretrain": {"decoder": {"phases": {"highres": 3}}}})
+    # a list still replaces the whole list
+    (lowres,) = [p for p in resolve({})["pretrain"]["decoder"]["phases"] if p["name"] == "lowres"]
+    only = resolve({"pretrain": {"decoder": {"phases": [lowres]}}})
+    assert [p["name"] for p in only["pretrain"]["decoder"]["phases"]] == ["lowres"]
+
+
+def test_presets_write_named_lists_as_mappings_and_resolve_them_to_lists():
+    from workflow_scripts.config.loader import NAMED_LISTS, load_preset
+
+    assert {("pretrain", "decoder", "phases"), ("unitoken", "stages")} <= NAMED_LISTS
+    tiny = load_preset("tiny")
+    assert [s["name"] for s in tiny["unitoken"]["stages"]] == ["align", "joint", "instruct"]
+    # tiny states only each UniToken stage's loop; the rest comes from the paper's stage of that name
+    assert tiny["unitoken"]["stages"][0]["trainable"] == "vision_adapter"
+    assert tiny["unitoken"]["stages"][1]["loop"]["steps"] == 400
+
+
+# --- resources match the work (item 8) ---------------------------------------------------------
+def test_tiny_preset_claims_no_gpu_for_any_stage():
+    from workflow_scripts.launch.stages import STAGES
+
+    launcher = parse(resolve({})).launcher
+    assert {s: launcher.resources(s).gpus_per_node for s in STAGES} == dict.fromkeys(STAGES, 0)
+
+
+def test_paper_memory_scales_with_the_gpus_a_stage_uses(tmp_path):
+    from workflow_scripts.launch.launcher import sbatch_script
+
+    launcher = parse(resolve({"preset": "paper", **PAPER_PATHS})).launcher
+
+    def sbatch(stage):
+        text = sbatch_script(tmp_path, launcher.resources(stage), stage)
+        return dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", text, flags=re.M))
+
+    assert (sbatch("eval_generate")["gpus-per-node"], sbatch("eval_generate")["mem"]) == ("1", "125GB")
+    assert (sbatch("pretrain_decoder")["gpus-per-node"], sbatch("pretrain_decoder")["mem"]) == ("8", "1000GB")
+    assert "gpus-per-node" not in sbatch("eval_summary") and sbatch("eval_summary")["mem"] == "64GB"
+    assert sbatch("data_build")["nodes"] == "1" and "gpus-per-node" not in sbatch("data_build")
+    # a stage's own mem_gb wins over the per-GPU rule
+    pinned = parse(
+        resolve({"preset": "paper", **PAPER_PATHS, "launcher": {"stages": {"eval_generate": {"mem_gb": 40}}}})
+    )
+    assert pinned.launcher.resources("eval_generate").mem_gb == 40
+
+
+# --- names that become path components (item 11) ----------------------------------------------
+@pytest.mark.parametrize("name", ["space test", "../up", "a/b", ""])
+def test_run_name_must_be_a_slug(name):
+    with pytest.raises(ConfigError, match=r"config key 'run_name' = .* is not a valid name.*no spaces"):
+        resolve({"run_name": name})
+
+
+def test_phase_and_system_names_must_be_slugs():
+    highres = {k: v for k, v in _phases(resolve({}))["highres"].items() if k != "name"}
+    with pytest.raises(ConfigError, match=r"pretrain\.decoder\.phases\.high res"):
+        resolve({"pretrain": {"decoder": {"phases": {"order": ["lowres", "high res"], "high res": highres}}}})
+    with pytest.raises(ConfigError, match=r"eval\.systems\.my/sys"):
+        resolve({"eval": {"systems": {"my/sys": {"captioner": "/a", "text_encoder": "/b", "decoder": "/c"}}}})
+
+
+def test_launcher_arguments_keep_a_path_with_spaces_one_word(tmp_path):
+    import shlex
+
+    run = Run.load({"results_root": str(tmp_path / "my results")}, write=False)
+    args = run.launch_args("data_collect")(
+        {"source": "synthetic"}, {}, {"raw": str(tmp_path / "my results/tiny/data/raw/synthetic.parquet")}
+    )
+    words = shlex.split(args)
+    assert words[:3] == ["data_collect", "--config", str(tmp_path / "my results/tiny/config.resolved.json")]
+    assert words[-2:] == ["--output", f"raw={tmp_path / 'my results/tiny/data/raw/synthetic.parquet'}"]
+    assert not (tmp_path / "my results").exists()  # loading writes nothing

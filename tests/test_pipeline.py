@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import (
+    ci_config,
     decoder_phase_command,
     decoder_weights,
     snakemake,
@@ -123,7 +124,8 @@ def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):
             in snakemake(tiny_dag, "all", "--dry-run", "--config", "launcher={kind: inline}").stdout
         )
     finally:
-        snakemake(tiny_dag, "all", "--dry-run")  # restore the resolved config of the real run
+        # dry runs write nothing: the real run's resolved config is still the one its jobs read
+        assert "Nothing to be done" in snakemake(tiny_dag, "all", "--dry-run").stdout
     forced = _rerun(tiny_dag, "--forcerun", "rl_coldstart")
     # everything that reads the cold start's selected checkpoint follows it: 2a, both 2b runs, the variants
     assert (forced["rl_coldstart"], forced["rl_encoder"], forced["rl_decoder"]) == (1, 1, 2)
@@ -234,3 +236,25 @@ def test_decoder_lora_checkpoints_hold_adapters_that_load_over_their_base(tiny_d
         torch.testing.assert_close(from_checkpoint[key], final[key])
     changed = [k for k, v in base.transformer.state_dict().items() if not torch.equal(v, final[k])]
     assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out", "add_")) for k in changed)
+
+
+def test_a_results_root_with_a_space_runs_real_stages_with_their_logs_in_place(tmp_path):
+    """Every path reaches the shell quoted: a space in the results root neither splits a command nor
+    leaves a stray file, and each rule's log is where the layout puts it."""
+    write_config(tmp_path, ci_config())
+    root = tmp_path / "my results"
+    captions = root / "ci/data/captions/synthetic.parquet"
+    snakemake(tmp_path, "--config", f"results_root={root}", "--", str(captions))
+    assert captions.exists() and (root / "ci/data/raw/synthetic.parquet").exists()
+    for rule in ("data_collect.synthetic", "data_caption.synthetic"):
+        assert (root / "ci/logs" / f"{rule}.log").exists(), rule
+    assert any((root / "ci/logs/jobs").rglob("*_0_log.err"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake", "config.yaml", "my results"]
+
+
+def test_a_run_name_with_a_space_is_refused_naming_the_key(tmp_path):
+    write_config(tmp_path, ci_config(run_name="space test"))
+    result = snakemake(tmp_path, "all", "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "config key 'run_name' = 'space test' is not a valid name" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

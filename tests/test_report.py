@@ -12,23 +12,12 @@ import duckdb
 import pytest
 
 from tests.conftest import snakemake
+from tests.test_report_layout import ORDER, check_index, check_order_and_details, check_results_table
 from workflow_scripts.report.build import render_compare
 from workflow_scripts.warehouse.db import TABLES
 
 pytestmark = pytest.mark.slow
-SECTIONS = (
-    "summary",
-    "dag",
-    "data",
-    "training",
-    "gallery",
-    "tables",
-    "recipes",
-    "ablation",
-    "selection",
-    "geneval",
-    "reproduce",
-)
+SECTIONS = ORDER  # results first, provenance last (tests/test_report_layout.py)
 
 
 def _counts(db: Path) -> dict[str, int]:
@@ -133,9 +122,12 @@ def test_report_numbers_are_the_warehouse_values(tiny_dag):
     assert 'src="http' not in html and "<link" not in html  # self-contained
     for section in SECTIONS:
         assert f'<section id="{section}">' in html
+    check_order_and_details(html)
+    assert check_results_table(db, "ci", html) == 4 * 5  # every benchmark x every system
     assert "not comparable" in html  # the tiny preset says so
     index = (tiny_dag / "results/index.html").read_text()
     assert 'href="ci/report/report.html"' in index
+    assert check_index(db, index) == 4 * 5
 
 
 def test_snakemake_report_archive(tiny_dag, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from workflow_scripts.train import stop
 from workflow_scripts.train.batches import BatchPlan
 from workflow_scripts.train.config import CheckpointConfig, LoopConfig, OptimConfig
 from workflow_scripts.train.loop import NonFiniteLossError, StagePaths, train
@@ -161,3 +164,98 @@ def test_metrics_log_drops_lines_after_the_resume_step(tmp_path):
     log.log(4, loss=40.0)
     log.close()
     assert [(r["step"], r["loss"]) for r in read(path)] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+
+
+# --- scheduler signals: USR2 saves the step in progress, SIGTERM stops all writing -------------------
+@dataclass
+class Signalled(Regression):
+    """Regression that sends itself ``signum`` while computing step ``at`` (0-based), or while exporting
+    the checkpoint of step ``at`` when ``in_export``."""
+
+    signum: int = signal.SIGUSR2
+    at: int = 6
+    in_export: bool = False
+
+    def loss(self, model, x, step):
+        if step == self.at and not self.in_export:
+            os.kill(os.getpid(), self.signum)  # the handler runs before os.kill returns
+        return super().loss(model, x, step)
+
+    def export(self, model, out_dir: Path, *, final: bool):
+        super().export(model, out_dir, final=final)
+        if self.in_export and out_dir.parent.name == f".tmp-step_{self.at:08d}":
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture
+def scheduler_signals():
+    """Our stop handlers in front of stand-ins for submitit's: its USR2 handler (which would call the
+    job's checkpoint(), requeue and exit) and its SIGTERM handler (which ignores the signal); yields the
+    calls the USR2 stand-in received."""
+    calls: list[list[str]] = []
+    folder: list[Path] = []
+
+    def submitit_usr2(signum, frame):
+        calls.append(sorted(p.name for p in folder[0].iterdir()))  # what was on disk when requeued
+
+    def submitit_bypass(signum, frame):
+        pass
+
+    previous = {
+        signal.SIGUSR2: signal.signal(signal.SIGUSR2, submitit_usr2),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, submitit_bypass),
+    }
+    stop.install()
+    yield calls, folder
+    stop.uninstall()
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def test_usr2_saves_the_step_in_progress_then_requeues_and_resumes_at_the_next_step(
+    tmp_path, scheduler_signals
+):
+    calls, folder = scheduler_signals
+    folder.append(tmp_path / "cut" / "checkpoints")
+    plan = BatchPlan(16, 4, 2, seed=0)
+    loop = _loop(steps=12, every=100)  # no periodic checkpoint before the end: only USR2's
+    with pytest.raises(stop.TrainingStopped, match="after step 7"):
+        train(Signalled(plan, at=6), loop, _paths(tmp_path / "cut"), identity="a")
+    # the step during which the signal came (index 6, the 7th) finished and was saved, then submitit's
+    # handler ran once, with the checkpoint already on disk
+    assert calls == [["step_00000007"]]
+    assert [r["step"] for r in read(tmp_path / "cut/metrics.jsonl")] == list(range(1, 8))
+    stop.uninstall()  # the requeued run is a fresh process
+    summary = train(Regression(plan), loop, _paths(tmp_path / "cut"), identity="a")
+    assert summary["resumed_from"] == 7
+    train(Regression(plan), loop, _paths(tmp_path / "full"), identity="a")
+    full, cut = (load_file(tmp_path / p / "final/model.safetensors") for p in ("full", "cut"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_sigterm_stops_training_without_writing_anything_more(tmp_path, scheduler_signals):
+    plan = BatchPlan(16, 4, 2, seed=0)
+    with pytest.raises(stop.TrainingStopped) as stopped:
+        train(
+            Signalled(plan, signum=signal.SIGTERM, at=6),
+            _loop(steps=12, every=2),
+            _paths(tmp_path),
+            identity="a",
+        )
+    assert stopped.value.code == 128 + signal.SIGTERM
+    # step 7 was computed but neither logged nor saved; the newest checkpoint stays step 6
+    assert [r["step"] for r in read(tmp_path / "metrics.jsonl")] == list(range(1, 7))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]
+    assert not (tmp_path / "final").exists()
+
+
+def test_sigterm_during_a_checkpoint_leaves_no_new_checkpoint(tmp_path, scheduler_signals):
+    plan = BatchPlan(16, 4, 2, seed=0)
+    with pytest.raises(stop.TrainingStopped):
+        train(
+            Signalled(plan, signum=signal.SIGTERM, at=4, in_export=True),
+            _loop(steps=12, every=2),
+            _paths(tmp_path),
+            identity="a",
+        )
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -176,3 +178,87 @@ def test_paper_tables_match_the_reference_file():
             0
         ]
     assert overall == 86.09 and parts == pytest.approx(86.09, abs=0.01) and ablation == 4
+
+
+# Another process holding the database, as the README's `duckdb -readonly results/umm.duckdb` or a
+# notebook does. DuckDB refuses a second process at once; the warehouse must wait for it, boundedly.
+_HOLD_PY = (
+    "import duckdb, sys, time; "
+    "con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == 'ro'); "
+    "print('holding', flush=True); time.sleep(float(sys.argv[3]))"
+)
+
+
+def _hold(path: Path, seconds: float, *, how: str) -> subprocess.Popen:
+    """Start a process holding ``path`` (how: 'cli' = the duckdb shell read-only, 'ro'/'rw' = Python);
+    returns once it holds the file."""
+    if how == "cli":
+        cli = Path(sys.executable).parent / "duckdb"  # duckdb-cli, pinned with the Python package
+        proc = subprocess.Popen(
+            [str(cli), "-readonly", "-list", str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        proc.stdin.write(f"select 'holding';\nselect sleep_ms({int(seconds * 1000)});\n")
+        proc.stdin.close()
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_PY, str(path), how, str(seconds)], stdout=subprocess.PIPE, text=True
+        )
+    for line in proc.stdout:
+        if "holding" in line:
+            return proc
+    raise AssertionError(f"the holder exited early (rc {proc.wait()})")
+
+
+def test_an_ingest_waits_for_a_reader_holding_the_warehouse(tmp_path):
+    final = _stage(tmp_path)
+    path = tmp_path / "w.duckdb"
+    with db.writer(path):
+        pass
+    holder = _hold(path, 2.0, how="cli")
+    try:
+        start = time.monotonic()
+        with db.writer(path) as con:
+            counts = ingest.training(con, "run", "rl_encoder", final, None)
+        waited = time.monotonic() - start
+    finally:
+        holder.kill()
+        holder.wait()
+    assert counts == {"train_metrics": 12, "checkpoints": 2}
+    assert waited > 0.5  # it waited for the reader instead of failing
+    assert _counts(path) == {"train_metrics": 12, "checkpoints": 2}
+
+
+def test_a_holder_past_the_bound_fails_naming_it(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with db.writer(path):
+        pass
+    holder = _hold(path, 60, how="ro")
+    try:
+        start = time.monotonic()
+        with pytest.raises(db.WarehouseLocked) as caught, db.writer(path, backoff=db.Backoff(timeout_s=1.0)):
+            pass
+        waited = time.monotonic() - start
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(caught.value)
+    assert f"PID {holder.pid} ({sys.executable} -c import duckdb" in message  # who holds it: its command line
+    assert str(path) in message and "duckdb -readonly" in message
+    assert 1.0 <= waited < 5.0
+
+
+def test_the_report_reader_waits_for_an_ingest(tmp_path):
+    final = _stage(tmp_path)
+    path = tmp_path / "w.duckdb"
+    with db.writer(path) as con:
+        ingest.training(con, "run", "rl_encoder", final, None)
+    holder = _hold(path, 2.0, how="rw")  # e.g. an ingest of another stage, mid-transaction
+    try:
+        frame = db.query(path, "SELECT count(*) AS n FROM train_metrics")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert frame["n"].tolist() == [12]

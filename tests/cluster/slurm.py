@@ -326,11 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Slurm is up in {cluster.bring_up_seconds:.1f} s. In another shell:\n"
         f"  export SLURM_CONF={cluster.conf}\n"
-        "  sinfo; snakemake --profile slurm all\nCtrl-C stops every daemon."
+        "  sinfo; snakemake --profile slurm all\nCtrl-C stops every daemon.",
+        flush=True,  # under `nohup ... > file` stdout is block-buffered: the line must show before exit
     )
     with contextlib.suppress(KeyboardInterrupt):
         signal.pause()
-    print(f"stopped in {cluster.stop():.1f} s")
+    print(f"stopped in {cluster.stop():.1f} s", flush=True)
     return 0
 
 

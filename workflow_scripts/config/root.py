@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from workflow_scripts.config.inference import InferenceConfig
@@ -13,6 +14,20 @@ from workflow_scripts.models.config import ModelsConfig
 from workflow_scripts.pretrain.config import PretrainConfig
 from workflow_scripts.rl.config import RLConfig
 from workflow_scripts.unitoken.config import UniTokenConfig
+
+# Names that become one path component (results/<run_name>/, train/pretrain_decoder_<phase>/, a
+# Snakemake wildcard value) and a word of every rule's shell command: a slug, so no name can split a
+# command, escape its directory (`/`, `..`) or clash with a wildcard pattern.
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_slug(key: str, name: str) -> None:
+    if not SLUG.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"config key '{key}' = {name!r} is not a valid name: it becomes a directory name, so use "
+            "letters, digits and . _ + - only (no spaces, no '/', no '..'), starting with a letter or "
+            f"digit, e.g. {re.sub(r'[^A-Za-z0-9._+-]+', '_', name).strip('._+-') or 'run1'!r}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -41,6 +56,7 @@ class UmmConfig:
     unitoken: UniTokenConfig = doc("The UniToken recipe, trained and evaluated beside UAE.")
 
     def __post_init__(self) -> None:
+        self._check_names()
         readers = {
             "pretrain.encoder": self.pretrain.encoder.resolution,
             "rl.coldstart": self.rl.coldstart.resolution,
@@ -70,3 +86,14 @@ class UmmConfig:
         for key, resolution in readers.items():
             if resolution not in available:
                 raise ValueError(f"{key} resolution {resolution} is not one of data.resolutions {available}")
+
+    def _check_names(self) -> None:
+        check_slug("run_name", self.run_name)
+        for phase in self.pretrain.decoder.phases:
+            check_slug(f"pretrain.decoder.phases.{phase.name}", phase.name)
+        for stage in self.unitoken.stages:
+            check_slug(f"unitoken.stages.{stage.name}", stage.name)
+        for name in self.eval.systems:
+            check_slug(f"eval.systems.{name}", name)
+        for name in self.eval.judge.judges:
+            check_slug(f"eval.judge.judges.{name}", name)

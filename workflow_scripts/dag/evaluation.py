@@ -75,6 +75,12 @@ class EvalPaths:
         generation = {"geneval", "geneval_pp"} & set(self.benchmarks)
         if generation and ev.detector.kind == "transformers":
             require_model_dir(ev.detector.path, "eval.detector.path")
+        if self.judge_pairs:  # a judge is a backend name or a local VLM directory
+            for name, backend in ev.judge.judges.items():
+                if backend != "scene_graph":
+                    require_model_dir(backend, f"eval.judge.judges.{name}")
+        if ev.mmt.judge_path and "mmt" in self.benchmarks:
+            require_model_dir(ev.mmt.judge_path, "eval.mmt.judge_path")
         for name, system in ev.systems.items():
             for part in ("captioner", "text_encoder", "decoder"):
                 path = getattr(system, part)

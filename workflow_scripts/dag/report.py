@@ -40,10 +40,10 @@ class ReportPaths:
         """A params function: the warehouse CLI's arguments for one ingest job."""
 
         def args(wildcards, input, output) -> str:  # Snakemake passes these by name
-            parts = [kind, "--db", self.warehouse_path, "--run", self.cfg.run_name, "--marker", output[0]]
-            parts += [f"--wildcard {k}={v}" for k, v in wildcards.items()]
-            parts += [f"--input {k}={v}" for k, v in input.items()]
-            return " ".join(parts)
+            from workflow_scripts.dag.run import shell_words  # run.py imports this module
+
+            head = [kind, "--db", self.warehouse_path, "--run", self.cfg.run_name, "--marker", output[0]]
+            return shell_words(head, wildcards, input)
 
         return args
 

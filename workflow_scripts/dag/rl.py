@@ -31,7 +31,7 @@ class RLPaths:
         return [b for b in BACKBONES if b in rewards.reconstruction.alphas]
 
     def backbone_inputs(self, names) -> dict[str, str]:
-        return {f"reward_{name}": self.base_model(name) for name in names}
+        return self.inputs({f"reward_{name}": self.base_model(name) for name in names})
 
     def reward_inputs(self) -> dict[str, str]:
         return self.backbone_inputs(self.reward_backbones)

@@ -8,6 +8,8 @@ The Snakefile stays a table of contents; every decision about paths and config l
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,7 @@ from workflow_scripts import atomic
 from workflow_scripts.config.loader import digest, parse, resolve
 from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.config.stages import stage_hash
+from workflow_scripts.config.typed import ConfigError
 from workflow_scripts.dag.evaluation import EvalPaths
 from workflow_scripts.dag.report import ReportPaths
 from workflow_scripts.dag.rl import RLPaths
@@ -23,30 +26,72 @@ from workflow_scripts.dag.unitoken import UniTokenPaths
 from workflow_scripts.layout import RunLayout, decoder_stage
 from workflow_scripts.models.paths import DIFFUSERS_FILES, require_model_dir
 
+PLAN_ONLY = "plan_only"  # a --config switch, never part of the resolved config or any stage hash
+
 
 @dataclass(frozen=True)
 class Run(RLPaths, EvalPaths, UniTokenPaths, ReportPaths):
     plain: dict[str, Any]
     cfg: UmmConfig
     layout: RunLayout
+    # plan without the model directories: their checks are skipped and they are left out of the rules'
+    # inputs, so a paper-preset plan shows before any model is copied; such a run refuses to execute
+    plan_only: bool = False
 
     @classmethod
     def load(cls, user_config: Mapping[str, Any], *, write: bool = True) -> Run:
-        """Resolve and validate the config, check model paths, and record the resolved config.
-
-        The resolved config is rewritten only when its content changes, so its timestamp never makes
-        Snakemake re-run anything by itself.
-        """
-        plain = resolve(user_config)
+        """Resolve and validate the config and check model paths; with ``write``, record the resolved
+        config (the Snakefile passes ``write=False`` and records it in ``onstart:``, which Snakemake
+        calls only when jobs will really run: planning never writes under results/)."""
+        user = dict(user_config)
+        plan_only = _switch(user.pop(PLAN_ONLY, False))
+        plain = resolve(user)
         cfg = parse(plain)
-        run = cls(plain, cfg, RunLayout.of(cfg))
-        run.check_model_paths()
+        run = cls(plain, cfg, RunLayout.of(cfg), plan_only)
+        if plan_only:
+            print(
+                f"note: {PLAN_ONLY}=true: model directories are neither checked nor DAG inputs; this "
+                "is a plan (snakemake -n) only, running it stops before the first job",
+                file=sys.stderr,
+            )
+        else:
+            run.check_model_paths()
         if write:
-            text = json.dumps(plain, indent=2, sort_keys=True) + "\n"
-            path = run.layout.resolved_config
-            if not path.exists() or path.read_text() != text:
-                atomic.write_text(path, text)
+            run.write_resolved_config()
         return run
+
+    def write_resolved_config(self) -> None:
+        """Record the resolved config that every job reads (``--config``) and the report shows.
+
+        Rewritten only when its content changes, so its timestamp never makes Snakemake re-run anything
+        by itself. A plan-only run stops here, before any job starts.
+        """
+        if self.plan_only:
+            raise ConfigError(
+                f"{PLAN_ONLY}=true only plans (snakemake -n): drop it from --config to run the jobs"
+            )
+        text = json.dumps(self.plain, indent=2, sort_keys=True) + "\n"
+        path = self.layout.resolved_config
+        if not path.exists() or path.read_text() != text:
+            atomic.write_text(path, text)
+
+    @property
+    def model_paths(self) -> set[str]:
+        """Every configured directory outside the results root that a rule names as an input."""
+        paths = {self.base_model(c) for c in ("encoder", "decoder") if self.cfg.models.source == "local"}
+        if self.cfg.models.source == "local":
+            paths |= {self.base_model(b) for b in ("clip", "longclip", "dinov2", "dinov3")}
+            paths |= {str(getattr(self.cfg.unitoken.models, p)) for p in ("lm", "vision", "vq")}
+        captioning = self.cfg.data.captioning
+        paths |= {str(captioning.draft_model.path), str(captioning.refine_model.path)}
+        return paths
+
+    def inputs(self, named: Mapping[str, str]) -> dict[str, str]:
+        """A rule's named inputs; in plan-only mode without the model directories (they may not exist)."""
+        if not self.plan_only:
+            return dict(named)
+        external = self.model_paths
+        return {k: v for k, v in named.items() if v not in external}
 
     @property
     def config_path(self) -> str:
@@ -129,11 +174,7 @@ class Run(RLPaths, EvalPaths, UniTokenPaths, ReportPaths):
         """A params function: the launcher's stage, config, wildcards and named files of one job."""
 
         def args(wildcards, input, output) -> str:  # Snakemake passes these by name
-            parts = [stage, "--config", self.config_path]
-            parts += [f"--wildcard {k}={v}" for k, v in wildcards.items()]
-            parts += [f"--input {k}={v}" for k, v in input.items()]
-            parts += [f"--output {k}={v}" for k, v in output.items()]
-            return " ".join(parts)
+            return shell_words([stage, "--config", self.config_path], wildcards, input, output)
 
         return args
 
@@ -163,3 +204,25 @@ class Run(RLPaths, EvalPaths, UniTokenPaths, ReportPaths):
         stages = self.data_targets() + self.pretrain_targets() + self.rl_targets() + self.unitoken_targets()
         stages += self.eval_targets()
         return stages + self.report_targets()
+
+
+def shell_words(head: list[str], wildcards: Any = None, inputs: Any = None, outputs: Any = None) -> str:
+    """``head`` then ``--wildcard/--input/--output NAME=VALUE`` pairs as one shell string, every word
+    quoted: a path with a space (a results root, a data folder) stays one argument."""
+    words = list(head)
+    for flag, named in (("--wildcard", wildcards), ("--input", inputs), ("--output", outputs)):
+        for key, value in (named or {}).items():
+            words += [flag, f"{key}={value}"]
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def _switch(value: Any) -> bool:
+    """A --config boolean: Snakemake hands nested values over as strings."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0", "none", "null", ""):
+        return False
+    raise ConfigError(f"config key '{PLAN_ONLY}' = {value!r}; use true or false")

@@ -86,10 +86,30 @@ def caption(
     ]
 
 
-@dataclass
-class Verdict:
-    kept: bool
-    reason: str | None
+# Every rejection is one of these classes; the manifest's reason is "<class>: <detail>" and the build
+# summary counts by class (details such as sizes or exception text never split a class).
+REASON_CLASSES = (
+    "unreadable_image",
+    "too_small",
+    "caption_failed",
+    "caption_too_short",
+    "caption_too_long",
+    "near_duplicate",
+)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    kind: str  # one of REASON_CLASSES
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in REASON_CLASSES:
+            raise ValueError(f"unknown rejection class {self.kind!r}; add it to REASON_CLASSES")
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind}: {self.detail}"
 
 
 def build(
@@ -131,7 +151,7 @@ def build(
         "total": len(records),
         "kept": len(kept),
         "splits": {s: len(r) for s, r in rows_by_split.items()},
-        "rejected": dict(Counter(r["reason"].split(":")[0] for r in records if r["verdict"] == "rejected")),
+        "rejected": dict(sorted(Counter(r["reason_class"] for r in records if r["reason_class"]).items())),
     }
     log.info("data build: %s", json.dumps(summary))
     return summary
@@ -154,42 +174,47 @@ def _inspect(item: dict, cap: dict | None, cfg: DataConfig, kept_hashes: list[tu
         "split": None,
         "verdict": "rejected",
         "reason": None,
+        "reason_class": None,  # not in the manifest: the summary counts by it
     }
     decoded = images.decode(item["data"])
     if decoded.image is None:
-        record["reason"] = decoded.error
-        log.warning("rejected %s: %s", image_id, decoded.error)
+        _reject(record, Rejection("unreadable_image", decoded.cause or "unknown"))
         return record, None
     image = decoded.image
     record["width"], record["height"] = image.size
-    record["reason"] = _reject_reason(image, cap, cfg)
-    if record["reason"] is None:
+    rejection = _reject_reason(image, cap, cfg)
+    if rejection is None:
         phash = images.perceptual_hash(image)
         record["phash"] = f"{phash:016x}"
         twin = next(
             (i for h, i in kept_hashes if images.hamming(h, phash) <= cfg.filters.phash_max_distance), None
         )
         if twin is not None:
-            record["reason"] = f"near_duplicate: of {twin}"
+            rejection = Rejection("near_duplicate", f"of {twin}")
         else:
             kept_hashes.append((phash, image_id))
             record["verdict"] = "kept"
-    if record["reason"]:
-        log.info("rejected %s: %s", image_id, record["reason"])
+    if rejection is not None:
+        _reject(record, rejection)
     return record, image
 
 
-def _reject_reason(image, cap: dict | None, cfg: DataConfig) -> str | None:
+def _reject(record: dict, rejection: Rejection) -> None:
+    record["reason"], record["reason_class"] = rejection.text, rejection.kind
+    log.info("rejected %s: %s", record["image_id"], rejection.text)
+
+
+def _reject_reason(image, cap: dict | None, cfg: DataConfig) -> Rejection | None:
     f = cfg.filters
     if min(image.size) < f.min_resolution:
-        return f"too_small: {image.size[0]}x{image.size[1]} < {f.min_resolution}"
+        return Rejection("too_small", f"{image.size[0]}x{image.size[1]} < {f.min_resolution}")
     if cap is None or not cap["caption"]:
-        return f"caption_failed: {cap['error'] if cap else 'no caption row'}"
+        return Rejection("caption_failed", (cap["error"] or "empty caption") if cap else "no caption row")
     words = len(cap["caption"].split())
     if words < f.min_caption_words:
-        return f"caption_too_short: {words} < {f.min_caption_words} words"
+        return Rejection("caption_too_short", f"{words} < {f.min_caption_words} words")
     if words > f.max_caption_words:
-        return f"caption_too_long: {words} > {f.max_caption_words} words"
+        return Rejection("caption_too_long", f"{words} > {f.max_caption_words} words")
     return None
 
 

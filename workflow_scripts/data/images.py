@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -17,11 +18,33 @@ Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # large photos are expected; decompres
 @dataclass(frozen=True)
 class Decoded:
     image: Image.Image | None
-    error: str | None
+    # why decoding failed, as stable text ("<ExceptionType>: <message>"): identical bytes give identical
+    # text in every run, so manifests of identical runs are byte-equal
+    cause: str | None = None
+
+    @property
+    def error(self) -> str | None:
+        return None if self.cause is None else f"unreadable image ({self.cause})"
+
+
+# PIL's messages can embed object reprs such as "<_io.BytesIO object at 0x7f...>" (different in every
+# process): drop such reprs, and any other memory address
+_OBJECT_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def describe_error(err: BaseException) -> str:
+    """An exception as stable text: its type and message without memory addresses."""
+    message = _ADDRESS.sub("", _OBJECT_REPR.sub("", str(err))).strip()
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
 def decode(data: bytes) -> Decoded:
-    """Fully decode image bytes to RGB, or say why that is impossible."""
+    """Fully decode image bytes to upright RGB, or say why that is impossible.
+
+    Every user image is read here, so the EXIF orientation a camera wrote is applied once for all
+    callers (data build, captioners, Unified-Bench folders): a rotated phone photo is seen upright.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -29,8 +52,9 @@ def decode(data: bytes) -> Decoded:
                 probe.verify()
             image = Image.open(io.BytesIO(data))
             image.load()
+            image = ImageOps.exif_transpose(image)
     except Exception as err:  # PIL raises many types for corrupt data; each becomes a logged reason
-        return Decoded(None, f"unreadable image ({type(err).__name__}: {err})")
+        return Decoded(None, describe_error(err))
     return Decoded(to_rgb(image), None)
 
 

@@ -11,8 +11,10 @@ import importlib
 import json
 import logging
 import sys
+from pathlib import Path
 
 from workflow_scripts.config.loader import digest
+from workflow_scripts.launch import lease
 from workflow_scripts.launch.job import JobSpec, StageJob, configure_logging, load_config
 from workflow_scripts.launch.launcher import JobFailedError, run_many
 from workflow_scripts.launch.stages import STAGES
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     configure_logging()
+    lease.watch_owner()  # never outlive the Snakemake that started us (a kill -9 leaves us orphaned)
     spec = JobSpec(
         stage=args.stage,
         config=args.config,
@@ -76,10 +79,16 @@ def main(argv: list[str] | None = None) -> int:
             journal=layout.root / "logs" / "jobs.jsonl",
             attach_key=digest(dataclasses.asdict(spec)),
             array_parallelism=cfg.launcher.array_parallelism,
+            # a recorded job that completed counts only while what it wrote is there (--rerun-incomplete
+            # deletes an interrupted rule's outputs); a gather step writes them here, from the results
+            outputs=[] if entry.gather else [Path(p) for p in spec.outputs.values()],
         )
     except JobFailedError as err:
         log.error("%s", err)
         return 1
+    except KeyboardInterrupt:
+        log.error("%s: interrupted", label)
+        return 130
     results = [result for job in per_job for result in job]  # tasks of one job, or one per element
     if entry.gather:
         _function(entry.gather)(spec, results)

@@ -17,19 +17,29 @@ class Resources:
     gpus_per_node: int = doc("GPUs per node (sbatch --gpus-per-node).")
     tasks_per_node: int = doc("Processes per node, one per GPU on GPU nodes (sbatch --ntasks-per-node).")
     cpus_per_task: int = doc("CPU cores per process (sbatch --cpus-per-task); torch threads locally.")
-    mem_gb: int = doc("Memory per node in GB (sbatch --mem).")
+    mem_gb: int = doc(
+        "Memory per node in GB (sbatch --mem) of a job without GPUs, or of any job when set in "
+        "launcher.stages.<stage>."
+    )
+    mem_gb_per_gpu: int | None = doc(
+        "Memory per GPU in GB: a job with GPUs asks for mem_gb_per_gpu x gpus_per_node per node, so a "
+        "one-GPU job never claims a whole node's memory; null: mem_gb for every job.",
+        default=None,
+    )
     timeout_min: int = doc("Wall-time limit in minutes (sbatch --time).")
     partition: str | None = doc("Slurm partition.")
     account: str | None = doc("Slurm account.")
     qos: str | None = doc("Slurm QOS.")
     constraint: str | None = doc("Slurm node constraint.")
     max_num_timeout: int = doc(
-        "Times a timed-out or preempted job is requeued to resume from its checkpoint."
+        "Times a timed-out job is requeued to resume from its checkpoint (preemptions are not counted)."
     )
 
     def __post_init__(self) -> None:
         if min(self.nodes, self.tasks_per_node, self.cpus_per_task) < 1:
             raise ValueError("nodes, tasks_per_node and cpus_per_task must be >= 1")
+        if self.mem_gb < 1 or (self.mem_gb_per_gpu is not None and self.mem_gb_per_gpu < 1):
+            raise ValueError("mem_gb and mem_gb_per_gpu must be >= 1")
 
     @property
     def world_size(self) -> int:
@@ -45,6 +55,7 @@ class ResourceOverrides:
     tasks_per_node: int | None = None
     cpus_per_task: int | None = None
     mem_gb: int | None = None
+    mem_gb_per_gpu: int | None = None
     timeout_min: int | None = None
     partition: str | None = None
     account: str | None = None
@@ -60,7 +71,11 @@ class LauncherConfig:
         "rule's own process, one task (debugging); 'slurm': submitit's Slurm executor. The slurm "
         "profile switches this."
     )
-    poll_seconds: float = doc("How often a waiting rule polls its job's state.")
+    poll_seconds: float = doc(
+        "Longest interval between two polls of a waiting rule's jobs (one scheduler query for all of "
+        "them); polling starts at 1 s on Slurm (0.05 s locally) and backs off to a tenth of the time "
+        "waited, up to this."
+    )
     array_parallelism: int = doc(
         "Elements of a job array (e.g. evaluation shards) Slurm runs at once (sbatch --array=0-N%K). "
         "The local executor runs a stage's elements one after another."
@@ -75,12 +90,15 @@ class LauncherConfig:
             raise ValueError("array_parallelism must be >= 1")
 
     def resources(self, stage: str) -> Resources:
-        override = self.stages.get(stage)
-        if override is None:
-            return self.defaults
+        """The stage's resources, ``mem_gb`` already what sbatch gets: a stage's own ``mem_gb`` wins,
+        else GPU jobs ask for ``mem_gb_per_gpu`` x GPUs, else ``mem_gb``."""
+        override = self.stages.get(stage) or ResourceOverrides()
         changes = {
             f.name: getattr(override, f.name)
             for f in dataclasses.fields(override)
             if getattr(override, f.name) is not None
         }
-        return dataclasses.replace(self.defaults, **changes)
+        merged = dataclasses.replace(self.defaults, **changes)
+        if override.mem_gb is None and merged.mem_gb_per_gpu and merged.gpus_per_node:
+            merged = dataclasses.replace(merged, mem_gb=merged.mem_gb_per_gpu * merged.gpus_per_node)
+        return merged

@@ -83,8 +83,10 @@ def configure_logging() -> None:
 
 
 class StageJob(submitit.helpers.Checkpointable):
-    """Runs ``target(ctx)`` in every task of the job. On preemption or timeout submitit calls
-    ``checkpoint()``, which requeues a fresh instance; the stage resumes from its own on-disk checkpoints."""
+    """Runs ``target(ctx)`` in every task of the job. On preemption or timeout (SIGUSR2) a training loop
+    first finishes its step and saves a checkpoint (``train/stop.py``); then submitit calls
+    ``checkpoint()``, which requeues a fresh instance that resumes from that checkpoint. Outside a
+    training loop USR2 requeues at once and the stage resumes from its newest on-disk checkpoint."""
 
     def __init__(self, spec: JobSpec, target: str) -> None:
         self.spec = spec
@@ -97,6 +99,7 @@ class StageJob(submitit.helpers.Checkpointable):
         torch.set_num_threads(max(1, self.spec.threads))
         cfg, plain = load_config(self.spec)
         rank, world, local_rank = _task_geometry()
+        defer_scheduler_signals()
         module, _, name = self.target.partition(":")
         entry = getattr(importlib.import_module(module), name)
         log.info(
@@ -117,3 +120,22 @@ def _task_geometry() -> tuple[int, int, int]:
     except RuntimeError:
         return 0, 1, 0
     return env.global_rank, env.num_tasks, env.local_rank
+
+
+def defer_scheduler_signals() -> None:
+    """Inside a submitit job, put the training loop's handlers (``train/stop.py``) in front of
+    submitit's (which it sets before calling the job): USR2 then waits for the step in progress and
+    its checkpoint, and SIGTERM stops all writing. Outside a job (inline runs) nothing changes."""
+    if _in_job():
+        from workflow_scripts.train import stop
+
+        stop.install()
+
+
+def _in_job() -> bool:
+    """Whether this process is a submitit job (not the launcher running a stage inline)."""
+    try:
+        submitit.JobEnvironment()
+    except RuntimeError:
+        return False
+    return True

@@ -104,7 +104,12 @@ class ModelsConfig:
             if self.source == "tiny" and part.tiny is None:
                 raise ValueError(f"models.source is 'tiny' but models.{name}.tiny is null")
             if self.source == "local" and not part.path:
+                # the hint nests 'reward.clip' as the loader reads it: {reward: {clip: {path: ...}}}
+                nested = "{path: /models/...}"
+                for part in reversed(name.split(".")):
+                    nested = f"{{{part}: {nested}}}"
                 raise ValueError(
                     f"models.source is 'local' but models.{name}.path is not set: point it at the "
-                    f'local model directory, e.g. --config models="{{{name}: {{path: /models/...}}}}"'
+                    f'local model directory, e.g. --config models="{nested}", or set every path in a '
+                    "copy of paper.example.yaml and pass it with --configfile"
                 )

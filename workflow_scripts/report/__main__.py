@@ -3,49 +3,19 @@
 python -m workflow_scripts.report run --db DB --run tiny --run-dir results/tiny --dag D --out R
 python -m workflow_scripts.report index --db DB --out results/index.html [--report RUN=PATH ...]
 python -m workflow_scripts.report compare --db results/umm.duckdb --first A --second B --out compare.html
-python -m workflow_scripts.report dag --snakefile Snakefile --configfile C --out dag.svg
+python -m workflow_scripts.report dag --snakefile Snakefile --configfile C --out dag.svg [--engine auto]
+
+The dag command needs no system binary (graphviz's `dot` is used only when on PATH, see
+workflow_scripts/report/dag.py) and always exits 0: if the graph cannot be drawn, dag.svg says why.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from workflow_scripts import atomic
-from workflow_scripts.report.build import render_compare, render_index, render_run
-
-
-def rulegraph(snakefile: str, configfile: str, out: Path) -> None:
-    """``snakemake --rulegraph`` drawn by graphviz's dot."""
-    dot = shutil.which("dot")
-    if dot is None:
-        raise SystemExit(
-            "graphviz's `dot` is not installed: apt-get install graphviz (or conda install graphviz)"
-        )
-    graph = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            snakefile,
-            "--configfile",
-            configfile,
-            "--rulegraph",
-            "--nolock",
-            "--quiet",
-            "all",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    graph = graph[graph.index("digraph") :]
-    svg = subprocess.run([dot, "-Tsvg"], input=graph, capture_output=True, text=True, check=True).stdout
-    atomic.write_text(out, svg)
+from workflow_scripts.report.dag import ENGINES, write_rulegraph
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,16 +44,29 @@ def main(argv: list[str] | None = None) -> int:
     dag.add_argument("--snakefile", required=True)
     dag.add_argument("--configfile", required=True)
     dag.add_argument("--out", required=True)
+    dag.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="auto: graphviz's dot when on PATH, else the built-in layout; builtin; dot (graphviz only)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "dag":
+        engine = write_rulegraph(args.snakefile, args.configfile, Path(args.out), args.engine)
+        print(f"rule graph drawn by: {engine}")
+        print(f"wrote {args.out}")
+        return 0
+    # imported only here: the dag command needs nothing beyond the standard library, snakemake and scipy
+    # (jinja2, duckdb and matplotlib are the pages' business)
+    from workflow_scripts.report.build import render_compare, render_index, render_run
+
     if args.command == "run":
         render_run(Path(args.db), args.run, Path(args.run_dir), Path(args.dag), Path(args.out))
     elif args.command == "index":
         reports = dict(r.split("=", 1) for r in args.report)
         render_index(Path(args.db), Path(args.out), reports)
-    elif args.command == "compare":
-        render_compare(Path(args.db), args.first, args.second, Path(args.out))
     else:
-        rulegraph(args.snakefile, args.configfile, Path(args.out))
+        render_compare(Path(args.db), args.first, args.second, Path(args.out))
     print(f"wrote {args.out}")
     return 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from PIL import Image
 from workflow_scripts import atomic
 from workflow_scripts.report import plots
 from workflow_scripts.report import queries as q
+from workflow_scripts.report.dag import unavailable
 from workflow_scripts.warehouse.db import reader
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "reports"
@@ -25,6 +28,12 @@ BENCH_TITLES = {
     "geneval": "Table 2 — GenEval",
     "geneval_pp": "Table 3 — GenEval++",
     "mmt": "Table 4 — MMT-Bench fine-grained probes",
+}
+BENCH_SHORT = {
+    "unified_bench": "Unified-Bench",
+    "geneval": "GenEval",
+    "geneval_pp": "GenEval++",
+    "mmt": "MMT",
 }
 PAPER_SYSTEM = {"unified_bench": "UAE", "geneval": "UAE", "geneval_pp": "UAE", "mmt": "UAE"}
 
@@ -35,7 +44,17 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
     )
     env.filters["num"] = lambda v, digits=2: "—" if v is None else f"{v:.{digits}f}"
     env.filters["signed"] = lambda v, digits=2: "—" if v is None else f"{v:+.{digits}f}"
+    env.filters["bench"] = lambda b: BENCH_SHORT.get(b, b)
     return env
+
+
+def _figure(name: str, draw: Callable[..., str], /, *args: Any, **kwargs: Any) -> str:
+    """A figure's SVG, or one that says why it could not be drawn: a figure never fails the report."""
+    try:
+        return draw(*args, **kwargs)
+    except Exception as error:
+        print(f"figure '{name}' unavailable: {type(error).__name__}: {error}", file=sys.stderr)
+        return unavailable(f"{type(error).__name__}: {error}", what=f"Figure '{name}'")
 
 
 def image_uri(path: str | Path, side: int = 160) -> str:
@@ -77,6 +96,27 @@ def _comparison(con, run: str, bench: str, systems: list[str]) -> dict[str, Any]
 
 
 UAE_SYSTEMS = ("2a+2b", "2a", "2b", "none")  # the most trained UAE system a run has
+
+
+def _headline(con, run: str, benches: list[str], systems: list[str]) -> dict[str, Any]:
+    """The report's first table: per benchmark, the published UAE overall score, ours for every system,
+    and the delta of the most trained UAE system."""
+    main = next((s for s in UAE_SYSTEMS if s in systems), systems[0] if systems else None)
+    rows = []
+    for bench in benches:
+        published = {(r["method"], r["metric"]): r["value"] for r in q.paper(con, bench)}
+        paper = published.get((PAPER_SYSTEM[bench], "overall"))
+        ours = {s: q.score(con, run, s, bench, "overall") for s in systems}
+        mine = ours.get(main)
+        rows.append(
+            {
+                "bench": bench,
+                "paper": paper,
+                "ours": ours,
+                "delta": None if mine is None or paper is None else mine - paper,
+            }
+        )
+    return {"main": main, "rows": rows}
 
 
 def _recipes(con, run: str, systems: list[str]) -> dict[str, Any] | None:
@@ -151,23 +191,41 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
     pretrain = [s for s in stages if s.startswith("pretrain")]
     rl = [s for s in stages if s.startswith("rl_")]
     figures = {
-        "pretrain_loss": plots.curves(
+        "pretrain_loss": _figure(
+            "pretraining loss",
+            plots.curves,
             {s: q.curve(con, run, s, "loss") for s in pretrain},
             title="Pretraining loss (encoder SFT; decoder at each resolution)",
             ylabel="loss",
             log=True,
         ),
-        "rl_reward": plots.curves(
-            {s: q.curve(con, run, s, "reward_mean") for s in rl}, title="RL mean reward", ylabel="reward"
+        "rl_reward": _figure(
+            "RL reward",
+            plots.curves,
+            {s: q.curve(con, run, s, "reward_mean") for s in rl},
+            title="RL mean reward",
+            ylabel="reward",
         ),
-        "rl_kl": plots.curves(
-            {s: q.curve(con, run, s, "kl") for s in rl}, title="KL to the reference", ylabel="KL"
+        "rl_kl": _figure(
+            "KL",
+            plots.curves,
+            {s: q.curve(con, run, s, "kl") for s in rl},
+            title="KL to the reference",
+            ylabel="KL",
         ),
-        "rl_clip": plots.curves(
-            {s: q.curve(con, run, s, "clip_fraction") for s in rl}, title="Clip fraction", ylabel="fraction"
+        "rl_clip": _figure(
+            "clip fraction",
+            plots.curves,
+            {s: q.curve(con, run, s, "clip_fraction") for s in rl},
+            title="Clip fraction",
+            ylabel="fraction",
         ),
-        "captions": plots.histogram(
-            q.caption_words(con, run), title="Caption length of kept images", xlabel="words"
+        "captions": _figure(
+            "caption lengths",
+            plots.histogram,
+            q.caption_words(con, run),
+            title="Caption length of kept images",
+            xlabel="words",
         ),
     }
     words, reward = (
@@ -175,14 +233,16 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
         q.curve(con, run, "rl_encoder", "reward_mean"),
     )
     if words:
-        figures["aha"] = plots.aha(words, reward)
+        figures["aha"] = _figure("aha moment", plots.aha, words, reward)
     terms = [
         m
         for m in ("reward_sim_clip", "reward_sim_longclip", "reward_sim_dinov2")
         if q.curve(con, run, "rl_encoder", m)
     ]
     if terms:
-        figures["rl_terms"] = plots.curves(
+        figures["rl_terms"] = _figure(
+            "reward terms",
+            plots.curves,
             {m: q.curve(con, run, "rl_encoder", m) for m in terms},
             title="Stage 2a reward terms",
             ylabel="cosine similarity",
@@ -221,6 +281,7 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
         "figures": figures,
         "dag_svg": dag_svg,
         "systems": systems,
+        "headline": _headline(con, run, benches, systems),
         "tables": [_comparison(con, run, b, systems) for b in benches],
         "recipes": _recipes(con, run, systems),
         "paper_judge": q.paper(con, "judge"),
@@ -255,10 +316,21 @@ def render_run(db: Path, run: str, run_dir: Path, dag: Path, out: Path, template
     atomic.write_text(out, html)
 
 
+def score_grid(con, run: str) -> dict[str, Any]:
+    """A run's overall scores as a small grid: rows systems, columns benchmarks (in report order)."""
+    found = q.overall_scores(con, run)
+    present = {r["benchmark"] for r in found}
+    benches = [b for b in BENCH_TITLES if b in present] + sorted(present - set(BENCH_TITLES))
+    values: dict[str, dict[str, float]] = {}
+    for r in found:
+        values.setdefault(r["system"], {})[r["benchmark"]] = r["value"]
+    return {"benchmarks": benches, "systems": sorted(values), "cells": values}
+
+
 def render_index(db: Path, out: Path, reports: dict[str, str], templates: Path = TEMPLATES) -> None:
     with reader(db) as con:
         runs = q.runs(con)
-        scores = {r["run_id"]: q.overall_scores(con, r["run_id"]) for r in runs}
+        scores = {r["run_id"]: score_grid(con, r["run_id"]) for r in runs}
     html = (
         environment(templates)
         .get_template("index.html.j2")

@@ -10,6 +10,7 @@ Layout under the stage's checkpoint folder::
 
 A checkpoint is first written as ``.tmp-step_*`` and renamed when every rank has finished; a kill
 at any moment leaves either the previous checkpoints or the new one, never a half-written one.
+After SIGTERM (``train/stop.py``) nothing more is saved: the job is being killed or requeued.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from workflow_scripts.train import stop
 from workflow_scripts.train.config import CheckpointConfig
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,8 @@ class Checkpointer:
 
     def save(self, step: int) -> Path:
         acc = self.accelerator
+        if stop.aborted():
+            stop.abort_now(f"checkpoint step {step}")
         target = self.folder / f"step_{step:08d}"
         tmp = self.folder / f".tmp-step_{step:08d}"
         if acc.is_main_process:
@@ -114,6 +118,9 @@ class Checkpointer:
             (tmp / META).write_text(
                 json.dumps({"step": step, "identity": self.identity, "time": time.time()})
             )
+            if stop.aborted():  # SIGTERM while saving: a requeued run may already be reading the folder
+                shutil.rmtree(tmp, ignore_errors=True)
+                stop.abort_now(f"checkpoint step {step}")
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)

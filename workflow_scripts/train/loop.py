@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from workflow_scripts import atomic
+from workflow_scripts.train import stop
 from workflow_scripts.train.checkpoint import Checkpointer
 from workflow_scripts.train.config import LoopConfig
 from workflow_scripts.train.dist import make_accelerator
@@ -92,6 +94,9 @@ def train(
         export=lambda folder: task.export(acc.unwrap_model(model), folder, final=False),
     )
     start = checkpointer.resume()
+    if start and acc.is_main_process:  # the launcher relays this line to the rule's log after a requeue
+        restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+        log.info("%s: resumed at step %d (restart %s)", task.name, start, restart)
     metrics = MetricsLog(paths.metrics, enabled=acc.is_main_process, resume_step=start)
     if acc.is_main_process:
         trainable = sum(p.numel() for p in params)
@@ -117,55 +122,62 @@ def train(
         disable=not acc.is_main_process,
         mininterval=2.0,
     )
-    for step in progress:
-        began = time.perf_counter()
-        micro = task.micro_batches(step, acc.process_index, acc.num_processes)
-        if not micro or len(micro) % accumulation:
-            # a task may split each sample chunk further (Flow-GRPO: one micro-batch per denoising step)
-            raise RuntimeError(f"{task.name}: {len(micro)} micro-batches for accumulation {accumulation}")
-        loss_sum = torch.zeros((), device=acc.device)
-        extras: dict[str, float] = {}
-        for i, batch in enumerate(micro):
-            syncing = i == len(micro) - 1
-            with contextlib.nullcontext() if syncing else acc.no_sync(model):
-                loss, logs = task.loss(model, batch, step)
-                acc.backward(loss / len(micro))
-            loss_sum += loss.detach() / len(micro)
-            for key, value in logs.items():
-                extras[key] = extras.get(key, 0.0) + float(value) / len(micro)
-        loss_mean = acc.reduce(loss_sum, reduction="mean")
-        grad_norm = _grad_norm(acc, params, loop.optim.grad_clip)
-        if not (torch.isfinite(loss_mean) and torch.isfinite(grad_norm)):
-            last = checkpointer.latest()
-            where = f"{last[1]} (step {last[0]})" if last else "none yet"
-            raise NonFiniteLossError(
-                f"{task.name}: non-finite loss {loss_mean.item()} / grad norm {grad_norm.item()} at step "
-                f"{step + 1}; nothing was saved after it. Last good checkpoint: {where}. Lower the "
-                "learning rate or enable gradient clipping, then re-run the rule: it resumes from there."
-            )
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+    with stop.training():
+        for step in progress:
+            began = time.perf_counter()
+            micro = task.micro_batches(step, acc.process_index, acc.num_processes)
+            if not micro or len(micro) % accumulation:
+                # a task may split each sample chunk further (Flow-GRPO: one micro-batch per denoising step)
+                raise RuntimeError(f"{task.name}: {len(micro)} micro-batches for accumulation {accumulation}")
+            loss_sum = torch.zeros((), device=acc.device)
+            extras: dict[str, float] = {}
+            for i, batch in enumerate(micro):
+                syncing = i == len(micro) - 1
+                with contextlib.nullcontext() if syncing else acc.no_sync(model):
+                    loss, logs = task.loss(model, batch, step)
+                    acc.backward(loss / len(micro))
+                loss_sum += loss.detach() / len(micro)
+                for key, value in logs.items():
+                    extras[key] = extras.get(key, 0.0) + float(value) / len(micro)
+            loss_mean = acc.reduce(loss_sum, reduction="mean")
+            grad_norm = _grad_norm(acc, params, loop.optim.grad_clip)
+            if not (torch.isfinite(loss_mean) and torch.isfinite(grad_norm)):
+                last = checkpointer.latest()
+                where = f"{last[1]} (step {last[0]})" if last else "none yet"
+                raise NonFiniteLossError(
+                    f"{task.name}: non-finite loss {loss_mean.item()} / grad norm {grad_norm.item()} at step "
+                    f"{step + 1}; nothing was saved after it. Last good checkpoint: {where}. Lower the "
+                    "learning rate or enable gradient clipping, then re-run the rule: it resumes from there."
+                )
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            if stop.aborted():  # SIGTERM: the job is going away; a requeued run may already be resuming
+                stop.abort_now(f"{task.name} after step {step + 1}")
 
-        elapsed = time.perf_counter() - began
-        done = step + 1
-        if done % loop.log_every == 0 or done == loop.steps:
-            reduced = {
-                k: acc.reduce(torch.tensor(v, device=acc.device), reduction="mean").item()
-                for k, v in extras.items()
-            }
-            metrics.log(
-                done,
-                loss=loss_mean.item(),
-                lr=schedule.get_last_lr()[0],
-                grad_norm=grad_norm.item(),
-                step_seconds=elapsed,
-                samples_per_second=loop.batch_size / elapsed,
-                **reduced,
-            )
-        progress.set_postfix(loss=f"{loss_mean.item():.4f}")
-        checkpointer.maybe_save(done, final=done == loop.steps)
+            elapsed = time.perf_counter() - began
+            done = step + 1
+            if done % loop.log_every == 0 or done == loop.steps:
+                reduced = {
+                    k: acc.reduce(torch.tensor(v, device=acc.device), reduction="mean").item()
+                    for k, v in extras.items()
+                }
+                metrics.log(
+                    done,
+                    loss=loss_mean.item(),
+                    lr=schedule.get_last_lr()[0],
+                    grad_norm=grad_norm.item(),
+                    step_seconds=elapsed,
+                    samples_per_second=loop.batch_size / elapsed,
+                    **reduced,
+                )
+            progress.set_postfix(loss=f"{loss_mean.item():.4f}")
+            checkpointer.maybe_save(done, final=done == loop.steps)
+            if _stop_requested(acc) and done < loop.steps:
+                _checkpoint_and_requeue(task.name, done, checkpointer, acc)
     metrics.close()
+    if stop.aborted():
+        stop.abort_now(f"{task.name} before its final export")
     acc.wait_for_everyone()
     if acc.is_main_process:
         with atomic.directory(paths.final) as tmp:
@@ -176,6 +188,27 @@ def train(
     acc.wait_for_everyone()
     acc.end_training()
     return {"steps": loop.steps, "resumed_from": start, "world_size": acc.num_processes}
+
+
+def _stop_requested(acc) -> bool:
+    """Whether any process got USR2. Every process must stop at the same step (checkpointing is
+    collective), and Slurm may deliver the signal to the ranks at different moments: agree on it."""
+    local = stop.requested() == stop.Stop.CHECKPOINT
+    if acc.num_processes == 1:
+        return local
+    flags = acc.gather(torch.tensor([int(local)], device=acc.device))
+    return bool(flags.max().item())
+
+
+def _checkpoint_and_requeue(name: str, done: int, checkpointer: Checkpointer, acc) -> None:
+    """USR2 (preemption or the time limit is near): save the step just finished, then let submitit
+    requeue the job; the requeued run resumes at step ``done``."""
+    if checkpointer.last_saved != done:
+        checkpointer.save(done)
+    if acc.is_main_process:
+        log.warning("%s: SIGUSR2: saved step %d before requeue; the next run resumes there", name, done)
+    stop.proceed()  # rank 0 requeues and exits here inside a submitit job
+    raise stop.TrainingStopped(f"{name}: stopped after step {done} for a requeue (checkpoint saved)")
 
 
 def _grad_norm(acc, params: list[torch.nn.Parameter], clip: float) -> torch.Tensor:

@@ -16,11 +16,11 @@ from workflow_scripts.config.loader import digest, load_preset
 from workflow_scripts.config.stages import stage_hash, view_wildcards
 from workflow_scripts.fingerprint import fingerprint
 from workflow_scripts.train.metrics import read as read_metrics
-from workflow_scripts.warehouse.db import replace_rows
+from workflow_scripts.warehouse.db import connect, replace_rows
 
 
 def data(con: duckdb.DuckDBPyConnection, run_id: str, manifest: Path) -> int:
-    with duckdb.connect(str(manifest), read_only=True) as src:
+    with connect(manifest, read_only=True) as src:  # a user's shell on the manifest makes it wait
         rows = (
             src.execute(
                 "SELECT image_id, source, split, verdict, reason, caption_words, width, height FROM images"
@@ -188,7 +188,14 @@ def jobs(con: duckdb.DuckDBPyConnection, run_id: str, journal: Path) -> list[dic
                 )
             else:
                 job.update(state=event.get("state"), ended=event["time"])
-            for key in ("node_list", "exit_code", "elapsed_seconds", "requested_tres", "array_index"):
+            for key in (
+                "node_list",
+                "exit_code",
+                "elapsed_seconds",
+                "requested_tres",
+                "array_index",
+                "restarts",
+            ):
                 if key in event:
                     job[key] = event[key]
     rows = []
@@ -213,6 +220,7 @@ def jobs(con: duckdb.DuckDBPyConnection, run_id: str, journal: Path) -> list[dic
                 or ((ended - started) if started and ended else None),
                 "requested_tres": job.get("requested_tres"),
                 "log_folder": job.get("log_folder"),
+                "restarts": job.get("restarts") or 0,
             }
         )
     replace_rows(con, "jobs", {"run_id": run_id}, rows)

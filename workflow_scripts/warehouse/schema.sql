@@ -1,4 +1,4 @@
--- umm-pipeline warehouse, schema version 1: the only DDL (applied by workflow_scripts.warehouse.db).
+-- umm-pipeline warehouse, schema version 2: the only DDL (applied by workflow_scripts.warehouse.db).
 -- Every table has a primary key; every ingest deletes its slice and inserts it again in one
 -- transaction, so re-running an ingest never duplicates rows.
 
@@ -47,11 +47,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code VARCHAR,
     submitted_at TIMESTAMP,
     ended_at TIMESTAMP,
-    elapsed_seconds DOUBLE,
+    elapsed_seconds DOUBLE,           -- summed over every run of a requeued job (sacct -D)
     requested_tres VARCHAR,
     log_folder VARCHAR,
+    restarts INTEGER,                 -- times Slurm requeued the job (preemption, node failure, USR2)
     PRIMARY KEY (run_id, job_id)
 );
+-- version 2 (jobs.restarts), for a database created by version 1; a no-op on one created above
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS restarts INTEGER;
 
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id VARCHAR,
