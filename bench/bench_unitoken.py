@@ -23,8 +23,8 @@ from workflow_scripts.train.batches import BatchPlan
 from workflow_scripts.train.optim import build_optimizer
 from workflow_scripts.unitoken.model import UniToken
 from workflow_scripts.unitoken.records import TokenRecords
-from workflow_scripts.unitoken.stage import UniTokenTraining
 from workflow_scripts.unitoken.system import load_unitoken_system
+from workflow_scripts.unitoken.training import UniTokenTraining
 
 
 def training_tokens_per_second(run: Path, cfg, steps: int) -> dict:

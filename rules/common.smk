@@ -32,12 +32,12 @@ wildcard_constraints:
     source="|".join(RUN.sources),
     phase="|".join(RUN.phases),
     variant="|".join(re.escape(v) for v in RUN.cfg.rl.variants),
-    rl_stage="|".join(re.escape(s) for s in RUN.rl_stages) or "(?!)",
-    system="|".join(re.escape(s) for s in RUN.systems),
-    external="|".join(re.escape(s) for s in RUN.external_systems) or "(?!)",
-    bench="|".join(RUN.benchmarks) or "(?!)",
+    rl_stage="|".join(re.escape(s) for s in RUN.rl.stages) or "(?!)",
+    system="|".join(re.escape(s) for s in RUN.eval.systems),
+    external="|".join(re.escape(s) for s in RUN.eval.external_systems) or "(?!)",
+    bench="|".join(RUN.eval.benchmarks) or "(?!)",
     train_stage="|".join(re.escape(s) for s in RUN.train_stages),
-    unitoken_stage="|".join(re.escape(s) for s in RUN.unitoken_stages) or "(?!)",
+    unitoken_stage="|".join(re.escape(s) for s in RUN.unitoken.stages) or "(?!)",
 
 
 # RUN.inputs leaves the model directories out of a plan-only DAG (--config plan_only=true)
@@ -68,43 +68,43 @@ def stage_model(stage):
     """The model an RL stage hands on: its validation-selected checkpoint, or its final export."""
     if not RUN.cfg.eval.selection.enabled:
         return str(LAYOUT.final(stage))
-    return RUN.selected_model(
+    return RUN.rl.selected_model(
         checkpoints.select_checkpoint.get(rl_stage=stage).output.selection
     )
 
 
 def rl_encoder_inputs(wildcards):
-    return RUN.inputs(RUN.rl_encoder_inputs(stage_model))
+    return RUN.inputs(RUN.rl.encoder_inputs(stage_model))
 
 
 def rl_decoder_inputs(wildcards):
-    return RUN.inputs(RUN.rl_decoder_inputs(wildcards.variant, stage_model))
+    return RUN.inputs(RUN.rl.decoder_inputs(wildcards.variant, stage_model))
 
 
 # UniToken's inputs are functions: with the recipe disabled its rules are never asked for
 def unitoken_pretokenize_inputs(wildcards):
-    return RUN.inputs(RUN.unitoken_pretokenize_inputs())
+    return RUN.inputs(RUN.unitoken.pretokenize_inputs())
 
 
 def unitoken_train_inputs(wildcards):
-    return RUN.inputs(RUN.unitoken_train_inputs(wildcards.unitoken_stage))
+    return RUN.inputs(RUN.unitoken.train_inputs(wildcards.unitoken_stage))
 
 
 def unitoken_system_inputs(wildcards):
-    return RUN.inputs(RUN.unitoken_system_inputs())
+    return RUN.inputs(RUN.unitoken.system_inputs())
 
 
 def variant_inputs(wildcards):
-    return RUN.variant_inputs(wildcards.variant, stage_model)
+    return RUN.rl.variant_inputs(wildcards.variant, stage_model)
 
 
 def selection_inputs(wildcards):
-    return RUN.inputs(RUN.selection_inputs(wildcards.rl_stage, stage_model))
+    return RUN.inputs(RUN.rl.selection_inputs(wildcards.rl_stage, stage_model))
 
 
 def score_inputs(wildcards):
-    return RUN.inputs(RUN.score_inputs(wildcards.system, wildcards.bench))
+    return RUN.inputs(RUN.eval.score_inputs(wildcards.system, wildcards.bench))
 
 
 def ingest_training_inputs(wildcards):
-    return RUN.ingest_training_inputs(wildcards.train_stage)
+    return RUN.report.ingest_training_inputs(wildcards.train_stage)

@@ -97,7 +97,7 @@ rule eval_judge:
 
 rule eval_summary:
     input:
-        **RUN.summary_inputs(),
+        **RUN.eval.summary_inputs(),
     output:
         summary=LAYOUT.eval_summary,
     log:
@@ -116,4 +116,4 @@ rule eval_summary:
 
 rule eval:
     input:
-        RUN.eval_targets(),
+        RUN.eval.targets(),

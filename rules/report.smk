@@ -31,9 +31,9 @@ rule report:
     conda:
         ENV
     params:
-        db=RUN.warehouse_path,
+        db=RUN.report.warehouse_path,
         run=RUN.cfg.run_name,
-        run_dir=RUN.run_dir,
+        run_dir=RUN.report.run_dir,
     shell:
         "python -m workflow_scripts.report run --db {params.db:q} --run {params.run:q} --run-dir {params.run_dir:q} "
         "--dag {input.dag:q} --out {output:q} > {log:q} 2>&1"
@@ -43,13 +43,13 @@ rule report_index:
     input:
         report=LAYOUT.report,
     output:
-        RUN.index_path,
+        RUN.report.index_path,
     log:
         LAYOUT.log("report_index"),
     conda:
         ENV
     params:
-        db=RUN.warehouse_path,
+        db=RUN.report.warehouse_path,
         entry=f"{RUN.cfg.run_name}={LAYOUT.report.relative_to(RUN.cfg.results_root)}",
     shell:
         "python -m workflow_scripts.report index --db {params.db:q} --out {output:q} --report {params.entry:q} > {log:q} 2>&1"

@@ -1,6 +1,6 @@
 rule rl_coldstart:
     input:
-        **RUN.reward_inputs(),
+        **RUN.rl.reward_inputs(),
         encoder=RUN.pretrained_encoder,
         decoder=RUN.pretrained_decoder,
         rl_data=LAYOUT.rl_data,

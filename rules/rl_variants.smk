@@ -19,4 +19,4 @@ rule rl_variant:
 
 rule rl:
     input:
-        RUN.rl_targets(),
+        RUN.rl.targets(),

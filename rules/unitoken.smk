@@ -79,4 +79,4 @@ rule unitoken_system:
 
 rule unitoken:
     input:
-        RUN.unitoken_targets(),
+        RUN.unitoken.targets(),

@@ -8,7 +8,7 @@ rule ingest_data:
     conda:
         ENV
     params:
-        args=RUN.ingest_args("data"),
+        args=RUN.report.ingest_args("data"),
     shell:
         INGEST
 
@@ -23,7 +23,7 @@ rule ingest_training:
     conda:
         ENV
     params:
-        args=RUN.ingest_args("training"),
+        args=RUN.report.ingest_args("training"),
     shell:
         INGEST
 
@@ -39,7 +39,7 @@ rule ingest_eval:
     conda:
         ENV
     params:
-        args=RUN.ingest_args("eval"),
+        args=RUN.report.ingest_args("eval"),
     shell:
         INGEST
 
@@ -54,14 +54,14 @@ rule ingest_judge:
     conda:
         ENV
     params:
-        args=RUN.ingest_args("judge"),
+        args=RUN.report.ingest_args("judge"),
     shell:
         INGEST
 
 
 rule ingest_run:
     input:
-        **RUN.ingest_markers(),
+        **RUN.report.ingest_markers(),
         summary=LAYOUT.eval_summary,
     output:
         LAYOUT.ingested("run"),
@@ -70,7 +70,7 @@ rule ingest_run:
     conda:
         ENV
     params:
-        args=RUN.ingest_args("run"),
-        run_dir=RUN.run_dir,
+        args=RUN.report.ingest_args("run"),
+        run_dir=RUN.report.run_dir,
     shell:
         "python -m workflow_scripts.warehouse ingest {params.args} --input run_dir={params.run_dir:q} > {log:q} 2>&1"

@@ -60,7 +60,7 @@ def tiny_dag(tmp_path_factory) -> Path:
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny encoder and decoder built by the library code (as the build_tiny_model stage does)."""
     from workflow_scripts.config.loader import parse, resolve
-    from workflow_scripts.models import tiny
+    from workflow_scripts.tiny import uae as tiny
 
     cfg = parse(resolve({"preset": "tiny"}))
     root = tmp_path_factory.mktemp("tiny_models")
@@ -83,8 +83,8 @@ def stage_command(
     """The launcher command line of one stage on given inputs, with the ci config plus ``overrides``;
     its resolved config lives under ``workdir`` and its model is exported to ``workdir/final`` (or
     to ``outputs``)."""
+    from workflow_scripts.catalog import stage_hash
     from workflow_scripts.config.loader import deep_merge
-    from workflow_scripts.config.stages import stage_hash
     from workflow_scripts.dag import Run
 
     user = deep_merge(ci_config(), {"results_root": str(workdir / "results"), "run_name": "stage"})

@@ -238,7 +238,8 @@ def test_unified_bench_scores_identical_images_100(tmp_path):
 
     from workflow_scripts.config.loader import parse, resolve
     from workflow_scripts.eval import score
-    from workflow_scripts.reward.backbones import build_tiny, load_backbone
+    from workflow_scripts.reward.backbones import load_backbone
+    from workflow_scripts.tiny.backbones import build_tiny
 
     cfg = parse(resolve({}))
     backbones = {}

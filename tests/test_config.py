@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from workflow_scripts.catalog import stage_hash
 from workflow_scripts.config.loader import config_schema, parse, resolve
-from workflow_scripts.config.stages import stage_hash
 from workflow_scripts.config.typed import ConfigError
 from workflow_scripts.dag import Run
 
@@ -205,10 +205,10 @@ def test_presets_write_named_lists_as_mappings_and_resolve_them_to_lists():
 
 # --- resources match the work (item 8) ---------------------------------------------------------
 def test_tiny_preset_claims_no_gpu_for_any_stage():
-    from workflow_scripts.launch.stages import STAGES
+    from workflow_scripts.catalog import JOBS
 
     launcher = parse(resolve({})).launcher
-    assert {s: launcher.resources(s).gpus_per_node for s in STAGES} == dict.fromkeys(STAGES, 0)
+    assert {s: launcher.resources(s).gpus_per_node for s in JOBS} == dict.fromkeys(JOBS, 0)
 
 
 def test_paper_memory_scales_with_the_gpus_a_stage_uses(tmp_path):

@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 from tests.conftest import stage_command
 from workflow_scripts.config.loader import parse, resolve
 from workflow_scripts.config.typed import ConfigError
-from workflow_scripts.reward.backbones import build_tiny, load_backbone
+from workflow_scripts.reward.backbones import load_backbone
 from workflow_scripts.reward.functions import RewardInputs, RewardModel, caption_length, mean_color
-from workflow_scripts.rl.common import to_unit
+from workflow_scripts.reward.pixels import to_unit
+from workflow_scripts.tiny.backbones import build_tiny
 from workflow_scripts.train.metrics import read
 
 

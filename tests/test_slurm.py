@@ -27,11 +27,10 @@ import torch
 from tests.cluster import jobs
 from tests.cluster.slurm import APT, LocalSlurm, missing_tools
 from tests.conftest import REPO, ci_config, decoder_phase_command, decoder_weights, write_config
-from workflow_scripts.config.stages import stage_hash
+from workflow_scripts.catalog import JOBS, stage_hash
 from workflow_scripts.launch import slurm_state
 from workflow_scripts.launch.config import Resources
 from workflow_scripts.launch.launcher import JobFailedError, _wait, run_many
-from workflow_scripts.launch.stages import STAGES
 from workflow_scripts.train.metrics import read
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -115,7 +114,7 @@ def _accounted(prefix: str) -> list[dict]:
 def _stage_of(row: dict) -> str:
     """The stage of a job named umm-<run>-<stage>_<wildcards>."""
     label = row["JobName"].removeprefix("umm-ci-")
-    return max((s for s in STAGES if label == s or label.startswith(f"{s}_")), key=len)
+    return max((s for s in JOBS if label == s or label.startswith(f"{s}_")), key=len)
 
 
 def _show_job(job_id: str) -> str:

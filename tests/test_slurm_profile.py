@@ -129,6 +129,8 @@ def test_the_local_cluster_prints_its_slurm_conf_at_once_into_a_file(tmp_path):
             stdout=sink,
             cwd=REPO,
             env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # a user's shell
+            # a pytest started in the background inherits an ignored SIGINT: give the child Ctrl-C back
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         deadline = time.monotonic() + 30

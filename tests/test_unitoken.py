@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import ChameleonVQVAEConfig
 
 from workflow_scripts.config.loader import parse, resolve
-from workflow_scripts.unitoken import tiny
+from workflow_scripts.tiny import unitoken as tiny
 from workflow_scripts.unitoken.model import UniToken
 from workflow_scripts.unitoken.objective import lm_loss
 from workflow_scripts.unitoken.sampling import (
@@ -325,8 +325,8 @@ def test_each_stage_loss_falls_on_a_tiny_overfit_set(cfg, parts, tmp_path, stage
     from workflow_scripts.train.batches import BatchPlan
     from workflow_scripts.train.loop import StagePaths, train
     from workflow_scripts.train.metrics import read
-    from workflow_scripts.unitoken.stage import UniTokenTraining
-    from workflow_scripts.unitoken.tiny import vq_config
+    from workflow_scripts.unitoken.training import UniTokenTraining
+    from workflow_scripts.unitoken.vq import vq_config
 
     torch.manual_seed(0)
     model = UniToken.assemble(parts / "lm", parts / "vision")
@@ -366,7 +366,7 @@ def test_pretokenize_keeps_good_records_and_logs_why_bad_ones_were_dropped(cfg, 
 
     from tests.conftest import REPO, stage_command
     from workflow_scripts.unitoken.records import TokenRecords
-    from workflow_scripts.unitoken.tiny import vq_config
+    from workflow_scripts.unitoken.vq import vq_config
 
     VQTokenizer(vq_config(cfg.unitoken.models.tiny_vq)).save_pretrained(tmp_path / "vq")
     data = tmp_path / "conversations"
@@ -446,29 +446,27 @@ def test_pretokenize_keeps_good_records_and_logs_why_bad_ones_were_dropped(cfg, 
 
 # --- the recipe in the DAG ------------------------------------------------------------------------------
 def test_paper_preset_names_the_missing_unitoken_directory(tmp_path):
-    from types import SimpleNamespace
-
     from tests.test_config import PAPER_PATHS
     from workflow_scripts.config.loader import deep_merge
     from workflow_scripts.config.typed import ConfigError
     from workflow_scripts.dag.unitoken import UniTokenPaths
 
     user = deep_merge({"preset": "paper", **PAPER_PATHS}, {"unitoken": {"enabled": True}})
-    run = SimpleNamespace(cfg=parse(resolve(user)))
+    layout = None  # checking the configured directories reads no path of the run
     with pytest.raises(ConfigError, match=r"'unitoken\.models\.lm' is not set"):
-        UniTokenPaths.check_unitoken_paths(run)
+        UniTokenPaths(parse(resolve(user)), layout).check_paths()
     (tmp_path / "lm").mkdir()
     (tmp_path / "lm" / "config.json").write_text("{}")
     (tmp_path / "vision").mkdir()
     (tmp_path / "vision" / "config.json").write_text("{}")
     paths = {"lm": str(tmp_path / "lm"), "vision": str(tmp_path / "vision"), "vq": str(tmp_path / "lm")}
-    run = SimpleNamespace(cfg=parse(resolve(deep_merge(user, {"unitoken": {"models": paths}}))))
+    cfg = parse(resolve(deep_merge(user, {"unitoken": {"models": paths}})))
     with pytest.raises(ConfigError, match=r"unitoken\.models\.vq.*missing vqvae/config\.json"):
-        UniTokenPaths.check_unitoken_paths(run)
+        UniTokenPaths(cfg, layout).check_paths()
 
 
 def test_unitoken_name_is_reserved_and_stage_hashes_are_per_stage():
-    from workflow_scripts.config.stages import stage_hash
+    from workflow_scripts.catalog import stage_hash
     from workflow_scripts.config.typed import ConfigError
 
     with pytest.raises(ConfigError, match="'unitoken' names UniToken's system"):

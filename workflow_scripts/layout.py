@@ -110,11 +110,3 @@ class RunLayout:
     @property
     def rulegraph(self) -> Path:
         return self.root / "report" / "dag.svg"
-
-
-def decoder_stage(phase: str) -> str:
-    return f"pretrain_decoder_{phase}"
-
-
-def rl_decoder_stage(variant: str) -> str:
-    return f"rl_decoder_{variant}"

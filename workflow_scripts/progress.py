@@ -166,7 +166,7 @@ def running(run_dir: Path, recent_s: float = 120, now: float | None = None) -> l
     # launcher.kind: inline runs the stage in the rule's process: its bar is in the rule's log. Rule
     # logs of job-launched stages hold the launcher's lines only; they count only when they hold a bar.
     for log in sorted((run_dir / "logs").glob("*.log")):
-        stage = log.stem.replace(".", "_")  # "pretrain_decoder.lowres" -> the job folder's name
+        stage = log.stem.replace(".", "_")  # "<stage>.<wildcard>" -> the job folder's name
         if stage in found:
             continue
         try:

@@ -15,7 +15,7 @@ from workflow_scripts.pretrain.config import PretrainConfig
 from workflow_scripts.rl.config import RLConfig
 from workflow_scripts.unitoken.config import UniTokenConfig
 
-# Names that become one path component (results/<run_name>/, train/pretrain_decoder_<phase>/, a
+# Names that become one path component (results/<run_name>/, train/<stage>_<phase>/, a
 # Snakemake wildcard value) and a word of every rule's shell command: a slug, so no name can split a
 # command, escape its directory (`/`, `..`) or clash with a wildcard pattern.
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")

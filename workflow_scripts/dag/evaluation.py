@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.config.typed import ConfigError
+from workflow_scripts.layout import RunLayout
 from workflow_scripts.models.paths import require_model_dir
 
 
+@dataclass(frozen=True)
 class EvalPaths:
-    """Mixed into :class:`workflow_scripts.dag.run.Run`."""
+    """``run.eval``: the config, the layout, the systems other recipes add (UniToken's) and how a rule
+    names a backbone input (``Run.backbone_inputs``)."""
+
+    cfg: UmmConfig
+    layout: RunLayout
+    recipe_systems: list[str]
+    backbone_inputs: Callable[[list[str]], dict[str, str]]
 
     @property
     def systems(self) -> list[str]:
-        return [*self.cfg.rl.variants, *self.unitoken_systems, *self.cfg.eval.systems]
+        return [*self.cfg.rl.variants, *self.recipe_systems, *self.cfg.eval.systems]
 
     @property
     def external_systems(self) -> list[str]:
@@ -24,7 +35,7 @@ class EvalPaths:
         return self.cfg.eval.benchmarks()
 
     @property
-    def eval_backbones(self) -> list[str]:
+    def backbones(self) -> list[str]:
         """Unified-Bench's backbones, needed by the benchmark and by checkpoint selection."""
         ev = self.cfg.eval
         return list(ev.unified_bench.backbones) if ev.unified_bench.enabled or ev.selection.enabled else []
@@ -35,7 +46,7 @@ class EvalPaths:
             "generated": str(self.layout.eval_generated(system, bench)),
         }
         if bench == "unified_bench":
-            inputs.update(self.backbone_inputs(self.eval_backbones))
+            inputs.update(self.backbone_inputs(self.backbones))
         elif bench in ("geneval", "geneval_pp") and self.cfg.eval.detector.color == "clip":
             inputs.update(self.backbone_inputs(["clip"]))
         return inputs
@@ -56,10 +67,10 @@ class EvalPaths:
         inputs.update({f"judge_{a}_{b}": str(self.layout.eval_judgement(a, b)) for a, b in self.judge_pairs})
         return inputs
 
-    def eval_targets(self) -> list[str]:
+    def targets(self) -> list[str]:
         return [str(self.layout.eval_summary)] if self.benchmarks else []
 
-    def check_eval_paths(self) -> None:
+    def check_paths(self) -> None:
         ev = self.cfg.eval
         for key, path in (
             ("eval.geneval.items_file", ev.geneval.items_file),

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from workflow_scripts.layout import decoder_stage
+from workflow_scripts.config.root import UmmConfig
+from workflow_scripts.layout import RunLayout
 
 
+@dataclass(frozen=True)
 class ReportPaths:
-    """Mixed into :class:`workflow_scripts.dag.run.Run`."""
+    """``run.report``: the config, the layout, and what the run trains and evaluates (every training
+    stage in order, the RL stages, the systems, benchmarks and judge pairs)."""
+
+    cfg: UmmConfig
+    layout: RunLayout
+    train_stages: list[str]
+    rl_stages: list[str]
+    systems: list[str]
+    benchmarks: list[str]
+    judge_pairs: list[tuple[str, str]]
 
     @property
     def warehouse_path(self) -> str:
@@ -22,13 +34,6 @@ class ReportPaths:
     def run_dir(self, wildcards) -> str:
         """A params function (a plain string would read to Snakemake as a hard-coded output prefix)."""
         return str(self.layout.root)
-
-    @property
-    def train_stages(self) -> list[str]:
-        unitoken = [f"unitoken_{s}" for s in self.unitoken_stages]
-        if unitoken and self.cfg.models.source == "tiny":
-            unitoken.insert(0, "unitoken_vq")
-        return ["pretrain_encoder", *(decoder_stage(p) for p in self.phases), *self.rl_stages, *unitoken]
 
     def ingest_training_inputs(self, stage: str) -> dict[str, str]:
         inputs = {"final": str(self.layout.final(stage))}
@@ -65,5 +70,5 @@ class ReportPaths:
         )
         return markers
 
-    def report_targets(self) -> list[str]:
+    def targets(self) -> list[str]:
         return [str(self.layout.report), self.index_path]

@@ -8,36 +8,45 @@ selection off, the stage's final export.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from workflow_scripts.layout import rl_decoder_stage
-from workflow_scripts.reward.config import BACKBONES
+from workflow_scripts.catalog import rl_decoder_stage
+from workflow_scripts.config.root import UmmConfig
+from workflow_scripts.layout import RunLayout
+from workflow_scripts.models.config import BACKBONES
 
 ModelOf = Callable[[str], str]
 
 
+@dataclass(frozen=True)
 class RLPaths:
-    """Mixed into :class:`workflow_scripts.dag.run.Run`."""
+    """``run.rl``: the config, the layout, the pretrained pair RL starts from, how a rule names a backbone
+    input (``Run.backbone_inputs``) and the backbones checkpoint selection scores with (``run.eval``)."""
+
+    cfg: UmmConfig
+    layout: RunLayout
+    pretrained_encoder: str
+    pretrained_decoder: str
+    backbone_inputs: Callable[[list[str]], dict[str, str]]
+    eval_backbones: list[str]
 
     @property
-    def rl_variants_need_training(self) -> bool:
+    def variants_need_training(self) -> bool:
         return any(v != "none" for v in self.cfg.rl.variants)
 
     @property
     def reward_backbones(self) -> list[str]:
         """Backbones the RL reward weights (when any RL stage runs)."""
         rewards = self.cfg.rl.rewards
-        if not (rewards.reconstruction.weight and self.rl_variants_need_training):
+        if not (rewards.reconstruction.weight and self.variants_need_training):
             return []
         return [b for b in BACKBONES if b in rewards.reconstruction.alphas]
-
-    def backbone_inputs(self, names) -> dict[str, str]:
-        return self.inputs({f"reward_{name}": self.base_model(name) for name in names})
 
     def reward_inputs(self) -> dict[str, str]:
         return self.backbone_inputs(self.reward_backbones)
 
     @property
-    def rl_stages(self) -> list[str]:
+    def stages(self) -> list[str]:
         """RL stages the configured variants need, in training order."""
         variants = set(self.cfg.rl.variants)
         stages = []
@@ -48,11 +57,11 @@ class RLPaths:
         stages += [rl_decoder_stage(v) for v in ("2b", "2a+2b") if v in variants]
         return stages
 
-    def rl_decoder_start(self, model_of: ModelOf) -> str:
+    def decoder_start(self, model_of: ModelOf) -> str:
         """RL's decoder: the cold start's when it runs, else the pretrained one."""
         return model_of("rl_coldstart") if self.cfg.rl.coldstart.enabled else self.pretrained_decoder
 
-    def rl_captioner(self, variant: str, model_of: ModelOf) -> str:
+    def captioner(self, variant: str, model_of: ModelOf) -> str:
         return model_of("rl_encoder") if variant in ("2a", "2a+2b") else self.pretrained_encoder
 
     def _tracked(self, model_of: ModelOf) -> tuple[ModelOf, Callable[[dict[str, str]], dict[str, str]]]:
@@ -72,9 +81,9 @@ class RLPaths:
 
         return of, finish
 
-    def rl_encoder_inputs(self, model_of: ModelOf) -> dict[str, str]:
+    def encoder_inputs(self, model_of: ModelOf) -> dict[str, str]:
         of, finish = self._tracked(model_of)
-        decoder = self.rl_decoder_start(of)
+        decoder = self.decoder_start(of)
         return finish(
             {
                 **self.reward_inputs(),
@@ -84,12 +93,12 @@ class RLPaths:
             }
         )
 
-    def rl_decoder_inputs(self, variant: str, model_of: ModelOf) -> dict[str, str]:
+    def decoder_inputs(self, variant: str, model_of: ModelOf) -> dict[str, str]:
         of, finish = self._tracked(model_of)
         parts = {
-            "captioner": self.rl_captioner(variant, of),
+            "captioner": self.captioner(variant, of),
             "text_encoder": self.pretrained_encoder,
-            "decoder": self.rl_decoder_start(of),
+            "decoder": self.decoder_start(of),
         }
         return finish({**self.reward_inputs(), **parts, "rl_data": str(self.layout.rl_data)})
 
@@ -99,10 +108,10 @@ class RLPaths:
         if variant == "none":
             decoder = self.pretrained_decoder
         elif variant in ("coldstart", "2a"):
-            decoder = self.rl_decoder_start(of)
+            decoder = self.decoder_start(of)
         else:
             decoder = of(rl_decoder_stage(variant))
-        captioner = self.rl_captioner(variant, of)
+        captioner = self.captioner(variant, of)
         return finish({"captioner": captioner, "text_encoder": self.pretrained_encoder, "decoder": decoder})
 
     def selection_inputs(self, stage: str, model_of: ModelOf) -> dict[str, str]:
@@ -116,10 +125,10 @@ class RLPaths:
             "text_encoder": self.pretrained_encoder,
         }
         if stage == "rl_encoder":
-            inputs["decoder"] = self.rl_decoder_start(of)
+            inputs["decoder"] = self.decoder_start(of)
         else:
             variant = stage.removeprefix("rl_decoder_") if stage.startswith("rl_decoder_") else "coldstart"
-            inputs["captioner"] = self.rl_captioner(variant, of)
+            inputs["captioner"] = self.captioner(variant, of)
         return finish(inputs)
 
     @staticmethod
@@ -129,5 +138,5 @@ class RLPaths:
 
         return json.loads(Path(selection_file).read_text())["selected"]
 
-    def rl_targets(self) -> list[str]:
+    def targets(self) -> list[str]:
         return [str(self.layout.variant(v)) for v in self.cfg.rl.variants]

@@ -1,6 +1,8 @@
 """What the Snakefile needs from the package: the resolved run, path functions, stage hashes, targets.
 
-Stage-2 and evaluation paths: :mod:`workflow_scripts.dag.rl`, :mod:`workflow_scripts.dag.evaluation`.
+A run is composed of one helper per part of the DAG, each given explicitly what it needs: ``run.rl``
+(:mod:`workflow_scripts.dag.rl`), ``run.eval`` (:mod:`~workflow_scripts.dag.evaluation`), ``run.unitoken``
+(:mod:`~workflow_scripts.dag.unitoken`) and ``run.report`` (:mod:`~workflow_scripts.dag.report`).
 
 The Snakefile stays a table of contents; every decision about paths and config lives here and is tested.
 """
@@ -12,25 +14,26 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from workflow_scripts import atomic
+from workflow_scripts.catalog import decoder_stage, stage_hash
 from workflow_scripts.config.loader import digest, parse, resolve
 from workflow_scripts.config.root import UmmConfig
-from workflow_scripts.config.stages import stage_hash
 from workflow_scripts.config.typed import ConfigError
 from workflow_scripts.dag.evaluation import EvalPaths
 from workflow_scripts.dag.report import ReportPaths
 from workflow_scripts.dag.rl import RLPaths
 from workflow_scripts.dag.unitoken import UniTokenPaths
-from workflow_scripts.layout import RunLayout, decoder_stage
+from workflow_scripts.layout import RunLayout
 from workflow_scripts.models.paths import DIFFUSERS_FILES, require_model_dir
 
 PLAN_ONLY = "plan_only"  # a --config switch, never part of the resolved config or any stage hash
 
 
 @dataclass(frozen=True)
-class Run(RLPaths, EvalPaths, UniTokenPaths, ReportPaths):
+class Run:
     plain: dict[str, Any]
     cfg: UmmConfig
     layout: RunLayout
@@ -107,19 +110,52 @@ class Run(RLPaths, EvalPaths, UniTokenPaths, ReportPaths):
         if models.source == "local":
             require_model_dir(models.encoder.path, "models.encoder.path")
             require_model_dir(models.decoder.path, "models.decoder.path", expect=DIFFUSERS_FILES)
-            for name in sorted(set(self.reward_backbones) | set(self.eval_backbones)):
+            for name in sorted(set(self.rl.reward_backbones) | set(self.eval.backbones)):
                 marker = "open_clip_config.json" if name in ("clip", "longclip") else "config.json"
                 require_model_dir(
                     getattr(models.reward, name).path, f"models.reward.{name}.path", expect=(marker,)
                 )
-        self.check_eval_paths()
-        self.check_unitoken_paths()
+        self.eval.check_paths()
+        self.unitoken.check_paths()
         captioning = self.cfg.data.captioning
         used = {captioning.draft[s] for s in self.cfg.data.sources.enabled()}
         if "vlm" in used:
             require_model_dir(captioning.draft_model.path, "data.captioning.draft_model.path")
         if captioning.refine == "llm":
             require_model_dir(captioning.refine_model.path, "data.captioning.refine_model.path")
+
+    # --- the parts of the DAG, each given what it needs -------------------------------------------
+    @cached_property
+    def unitoken(self) -> UniTokenPaths:
+        return UniTokenPaths(self.cfg, self.layout)
+
+    @cached_property
+    def eval(self) -> EvalPaths:
+        return EvalPaths(self.cfg, self.layout, self.unitoken.systems, self.backbone_inputs)
+
+    @cached_property
+    def rl(self) -> RLPaths:
+        return RLPaths(
+            self.cfg,
+            self.layout,
+            self.pretrained_encoder,
+            self.pretrained_decoder,
+            self.backbone_inputs,
+            self.eval.backbones,
+        )
+
+    @cached_property
+    def report(self) -> ReportPaths:
+        ev = self.eval
+        return ReportPaths(
+            self.cfg,
+            self.layout,
+            self.train_stages,
+            self.rl.stages,
+            ev.systems,
+            ev.benchmarks,
+            ev.judge_pairs,
+        )
 
     # --- DAG vocabulary ------------------------------------------------------------------------
     @property
@@ -141,6 +177,18 @@ class Run(RLPaths, EvalPaths, UniTokenPaths, ReportPaths):
             else getattr(models.reward, component)
         )
         return str(part.path)
+
+    def backbone_inputs(self, names) -> dict[str, str]:
+        """A rule's inputs for the named reward/eval backbones (``reward_<name>``)."""
+        return self.inputs({f"reward_{name}": self.base_model(name) for name in names})
+
+    @property
+    def train_stages(self) -> list[str]:
+        """Every training stage of the run, in order (each has a ``train/<stage>/final`` export)."""
+        unitoken = [f"unitoken_{s}" for s in self.unitoken.stages]
+        if unitoken and self.cfg.models.source == "tiny":
+            unitoken.insert(0, "unitoken_vq")
+        return ["pretrain_encoder", *(decoder_stage(p) for p in self.phases), *self.rl.stages, *unitoken]
 
     def caption_models(self, source: str) -> dict[str, str]:
         captioning = self.cfg.data.captioning
@@ -201,9 +249,9 @@ class Run(RLPaths, EvalPaths, UniTokenPaths, ReportPaths):
         return str(self.layout.final(decoder_stage(self.phases[-1])))
 
     def final_targets(self) -> list[str]:
-        stages = self.data_targets() + self.pretrain_targets() + self.rl_targets() + self.unitoken_targets()
-        stages += self.eval_targets()
-        return stages + self.report_targets()
+        stages = self.data_targets() + self.pretrain_targets() + self.rl.targets() + self.unitoken.targets()
+        stages += self.eval.targets()
+        return stages + self.report.targets()
 
 
 def shell_words(head: list[str], wildcards: Any = None, inputs: Any = None, outputs: Any = None) -> str:

@@ -112,3 +112,12 @@ class DataConfig:
                 raise ValueError(f"data.captioning.draft has no captioner for enabled source '{source}'")
         if "scene_graph" in {v for k, v in self.captioning.draft.items() if k != "synthetic"}:
             raise ValueError("the 'scene_graph' captioner only applies to the synthetic source")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RLDataConfig:
+    count: int = doc("Images in the RL split, taken from the train split (paper: 1K curated images).")
+    rule: Literal["random", "caption_words", "sharpness"] = doc(
+        "How they are chosen: seeded random, longest captions, or sharpest images (variance of the "
+        "Laplacian). The paper's curation criteria are not published; the rule is recorded with the split."
+    )

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 
 from workflow_scripts import atomic
 from workflow_scripts.data import shards
+from workflow_scripts.data.config import RLDataConfig
 from workflow_scripts.data.images import open_png
-from workflow_scripts.rl.config import RLDataConfig
 from workflow_scripts.seeding import derive_seed
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from workflow_scripts import provenance
 from workflow_scripts.data import build as data_build
-from workflow_scripts.launch.job import JobContext, JobSpec
+from workflow_scripts.harness.context import JobContext, JobSpec
 
 log = logging.getLogger(__name__)
 

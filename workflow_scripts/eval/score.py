@@ -16,7 +16,7 @@ from workflow_scripts.eval import geneval, mmt
 from workflow_scripts.eval.geneval import ScoringConstants
 from workflow_scripts.reward.backbones import Backbone
 from workflow_scripts.reward.functions import similarities
-from workflow_scripts.rl.common import to_unit
+from workflow_scripts.reward.pixels import to_unit
 
 
 def load_records(shard_dirs: list[Path]) -> list[dict]:

@@ -12,17 +12,16 @@ from PIL import Image
 
 from workflow_scripts import atomic, provenance
 from workflow_scripts.config.loader import digest
-from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.eval import generate, items, judge, score, selection
 from workflow_scripts.eval.detectors import ClipColors, PaletteColors, ShapesDetector, TransformersDetector
 from workflow_scripts.eval.geneval import GENEVAL_PP_CATEGORIES, TASKS, ScoringConstants
 from workflow_scripts.eval.systems import MODEL_PARTS, System, load_system
 from workflow_scripts.fingerprint import code_digest, fingerprint
-from workflow_scripts.launch.job import JobContext, JobSpec
+from workflow_scripts.harness.context import JobContext, JobSpec
+from workflow_scripts.harness.device import job_device
 from workflow_scripts.layout import RunLayout
 from workflow_scripts.models.encoder import load_encoder
-from workflow_scripts.rl.common import load_backbones, reward_backbone_inputs
-from workflow_scripts.train.dist import job_device
+from workflow_scripts.reward.backbones import load_backbones, reward_backbone_inputs
 from workflow_scripts.unitoken.system import UniTokenSystem, load_unitoken_system
 
 log = logging.getLogger(__name__)
@@ -82,11 +81,6 @@ def eval_system(ctx: JobContext) -> dict:
     }
     atomic.write_json(ctx.output("system"), record)
     return record
-
-
-def generation_shards(cfg: UmmConfig) -> int:
-    """eval_generate runs as a job array: one element per shard."""
-    return cfg.eval.shards
 
 
 def eval_generate(ctx: JobContext) -> dict:

@@ -13,11 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
+from workflow_scripts.catalog import JOBS, STAGES
 from workflow_scripts.config.loader import digest
 from workflow_scripts.launch import lease
 from workflow_scripts.launch.job import JobSpec, StageJob, configure_logging, load_config
 from workflow_scripts.launch.launcher import JobFailedError, run_many
-from workflow_scripts.launch.stages import STAGES
 from workflow_scripts.layout import RunLayout
 
 log = logging.getLogger("workflow_scripts.launch")
@@ -40,7 +40,7 @@ def _function(path: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflow_scripts.launch", description=__doc__)
-    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("stage", choices=sorted(JOBS))
     parser.add_argument("--config", required=True, help="the run's config.resolved.json")
     parser.add_argument("--stage-hash", required=True, help="hash of the stage's config view (from the DAG)")
     parser.add_argument("--wildcard", action="append", default=[], metavar="NAME=VALUE")
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = STAGES[args.stage]
     specs = [spec]
     if entry.array:
-        elements = _function(entry.array)(cfg)
+        elements = entry.array(cfg)
         specs = [dataclasses.replace(spec, array_index=k) for k in range(elements)]
     try:
         per_job = run_many(

@@ -7,58 +7,17 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from workflow_scripts.config.loader import digest, parse
+from workflow_scripts.catalog import stage_hash
+from workflow_scripts.config.loader import parse
 from workflow_scripts.config.root import UmmConfig
-from workflow_scripts.config.stages import stage_hash, stage_view
+from workflow_scripts.harness.context import JobContext, JobSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    stage: str
-    config: str  # the run's resolved config (JSON)
-    stage_hash: str  # what the DAG recorded for this stage's view; checked before running
-    wildcards: dict[str, str] = field(default_factory=dict)
-    inputs: dict[str, str] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    threads: int = 1
-    array_index: int | None = None  # this job's element of the stage's job array, if it has one
-
-
-@dataclass
-class JobContext:
-    """What a stage entry function receives: the typed config, its own view, paths, and its rank."""
-
-    spec: JobSpec
-    cfg: UmmConfig
-    plain: dict[str, Any]
-    rank: int
-    world: int
-    local_rank: int
-
-    @property
-    def view_hash(self) -> str:
-        return self.spec.stage_hash
-
-    @property
-    def config_hash(self) -> str:
-        return digest(self.plain)
-
-    def view(self) -> dict[str, Any]:
-        return stage_view(self.plain, self.spec.stage, **self.spec.wildcards)
-
-    def input(self, name: str) -> Path:
-        return Path(self.spec.inputs[name])
-
-    def output(self, name: str) -> Path:
-        return Path(self.spec.outputs[name])
 
 
 def load_config(spec: JobSpec) -> tuple[UmmConfig, dict[str, Any]]:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workflow_scripts.catalog import JOBS
 from workflow_scripts.config.loader import parse, resolve
 from workflow_scripts.config.typed import ConfigError
 from workflow_scripts.dag.run import PLAN_ONLY, Run
 from workflow_scripts.launch.launcher import sbatch_script
-from workflow_scripts.launch.stages import STAGES
 from workflow_scripts.layout import RunLayout
 
 COLUMNS = (
@@ -74,24 +74,24 @@ def stages_in_dag(run: Run) -> list[str]:
     present = {"data_collect", "data_caption", "data_build", "pretrain_encoder", "pretrain_decoder"}
     if cfg.models.source == "tiny":
         present.add("build_tiny_model")
-    if run.rl_stages:
+    if run.rl.stages:
         present.add("data_rl_select")
-        present |= {"rl_decoder" if s.startswith("rl_decoder_") else s for s in run.rl_stages}
+        present |= {"rl_decoder" if s.startswith("rl_decoder_") else s for s in run.rl.stages}
         if cfg.eval.selection.enabled:
             present.add("select_checkpoint")
     if cfg.rl.variants:
         present.add("rl_variant")
-    if run.unitoken_stages:
+    if run.unitoken.stages:
         present |= {"unitoken_pretokenize", "unitoken_train", "unitoken_system"}
         if cfg.models.source == "tiny":
             present.add("unitoken_vq")
-    if run.benchmarks:
+    if run.eval.benchmarks:
         present |= {"eval_items", "eval_generate", "eval_score", "eval_summary"}
-        if run.external_systems:
+        if run.eval.external_systems:
             present.add("eval_system")
-        if run.judge_pairs:
+        if run.eval.judge_pairs:
             present.add("eval_judge")
-    return [s for s in STAGES if s in present]
+    return [s for s in JOBS if s in present]
 
 
 def plan(user: dict) -> list[StagePlan]:

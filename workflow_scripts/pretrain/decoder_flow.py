@@ -17,17 +17,17 @@ import numpy as np
 import torch
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
+from workflow_scripts.catalog import decoder_stage
 from workflow_scripts.data.shards import ShardDataset
-from workflow_scripts.launch.job import JobContext
-from workflow_scripts.layout import decoder_stage
+from workflow_scripts.harness.context import JobContext
+from workflow_scripts.harness.device import job_device
+from workflow_scripts.harness.stage import finalizer, identity, stage_paths
 from workflow_scripts.models.config import DecoderModelConfig
 from workflow_scripts.models.decoder import CaptionProjector, Decoder, export_decoder, load_decoder
 from workflow_scripts.models.encoder import Encoder, load_encoder
-from workflow_scripts.pretrain.common import finalizer, identity, stage_paths
 from workflow_scripts.pretrain.config import DecoderPhaseConfig, DecoderPretrainConfig
 from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan, Sample
-from workflow_scripts.train.dist import job_device
 from workflow_scripts.train.loop import train
 from workflow_scripts.train.lora import add_lora
 

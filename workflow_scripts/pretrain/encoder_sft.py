@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from workflow_scripts.data.shards import ShardDataset
-from workflow_scripts.launch.job import JobContext
+from workflow_scripts.harness.context import JobContext
+from workflow_scripts.harness.stage import finalizer, identity, stage_paths
 from workflow_scripts.models.encoder import Encoder, export_encoder, load_encoder
-from workflow_scripts.pretrain.common import finalizer, identity, stage_paths
 from workflow_scripts.pretrain.config import EncoderSFTConfig
 from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan

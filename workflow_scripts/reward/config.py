@@ -1,44 +1,11 @@
-"""Reconstruction-similarity backbones (CLIP, LongCLIP, DINOv2, DINOv3) and their tiny shapes."""
+"""Reward terms: reconstruction similarity (over the backbones of ``models.reward``) and the extras."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from workflow_scripts.config.typed import doc
-
-BACKBONES = ("clip", "longclip", "dinov2", "dinov3")
-LIBRARY = {"clip": "open_clip", "longclip": "open_clip", "dinov2": "timm", "dinov3": "timm"}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TinyBackboneSpec:
-    """A small ViT of the backbone's own library class, random weights (tiny preset)."""
-
-    architecture: str = doc("timm architecture name (DINO) or 'ViT' (open_clip CLIP).")
-    image_size: int = doc("Input side in pixels.")
-    patch_size: int = doc("Patch size (timm DINO architectures fix their own).")
-    width: int = doc("Transformer width.")
-    layers: int = doc("Transformer blocks.")
-    heads: int = doc("Attention heads.")
-    embed_dim: int = doc("CLIP joint embedding width (ignored for DINO).")
-    context_length: int = doc("CLIP text positions (LongCLIP: 248; ignored for DINO).")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class BackboneConfig:
-    path: str | None = doc(
-        "Local directory loadable with the library's 'local-dir:' schema: open_clip (open_clip_config.json "
-        "+ weights) for CLIP/LongCLIP, timm (config.json + model.safetensors) for DINOv2/DINOv3."
-    )
-    tiny: TinyBackboneSpec | None = doc("Shape built when models.source is 'tiny'.")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RewardModelsConfig:
-    clip: BackboneConfig = doc("CLIP image encoder (paper: ViT-L/14, OpenAI weights).")
-    longclip: BackboneConfig = doc("LongCLIP (a CLIP with 248 text positions; paper: LongCLIP-L).")
-    dinov2: BackboneConfig = doc("DINOv2 (paper: ViT-L/14).")
-    dinov3: BackboneConfig = doc("DINOv3 (Unified-Bench only; paper: ViT-L/16).")
+from workflow_scripts.models.config import BACKBONES, LIBRARY  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -19,7 +19,7 @@ from workflow_scripts.models.decoder import CaptionProjector, Decoder, export_de
 from workflow_scripts.models.encoder import Encoder
 from workflow_scripts.reward.backbones import Backbone
 from workflow_scripts.reward.functions import reconstruction_loss
-from workflow_scripts.rl.common import to_unit
+from workflow_scripts.reward.pixels import to_unit
 from workflow_scripts.rl.config import ColdStartConfig
 from workflow_scripts.rl.flow import Schedule, initial_noise, sample
 from workflow_scripts.seeding import derive_seed

@@ -9,37 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from workflow_scripts.reward.backbones import Backbone, load_backbone
-from workflow_scripts.reward.config import BACKBONES
 from workflow_scripts.reward.functions import RewardModel
 from workflow_scripts.rl.config import GRPOConfig
 
 log = logging.getLogger(__name__)
-
-
-def to_unit(images: list[Image.Image]) -> torch.Tensor:
-    """PIL images -> (B, 3, H, W) float in [0, 1]."""
-    return torch.stack(
-        [torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1) for im in images]
-    )
-
-
-def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-    array = (pixels.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in array]
-
-
-def load_backbones(paths: dict[str, Path], names, dtype: torch.dtype, device) -> dict[str, Backbone]:
-    """Each reward backbone once per job, frozen, in eval mode."""
-    return {name: load_backbone(name, paths[name], dtype=dtype, device=device) for name in names}
-
-
-def reward_backbone_inputs(ctx_inputs: dict[str, str]) -> dict[str, Path]:
-    return {name: Path(ctx_inputs[f"reward_{name}"]) for name in BACKBONES if f"reward_{name}" in ctx_inputs}
 
 
 def gather(values: torch.Tensor) -> torch.Tensor:
@@ -124,4 +100,4 @@ def reward_stats(
     return stats
 
 
-__all__ = ["Cycles", "RewardModel", "SampleWriter", "gather", "load_backbones", "to_pil", "to_unit"]
+__all__ = ["Cycles", "RewardModel", "SampleWriter", "gather", "reward_stats"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from workflow_scripts.config.typed import doc
+from workflow_scripts.data.config import RLDataConfig
 from workflow_scripts.reward.config import RewardsConfig
 from workflow_scripts.train.config import LoopConfig, LoraConfig
 
@@ -50,27 +51,40 @@ def _check_cycles(loop: LoopConfig, grpo: GRPOConfig) -> None:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class RLDataConfig:
-    count: int = doc("Images in the RL split, taken from the train split (paper: 1K curated images).")
-    rule: Literal["random", "caption_words", "sharpness"] = doc(
-        "How they are chosen: seeded random, longest captions, or sharpest images (variance of the "
-        "Laplacian). The paper's curation criteria are not published; the rule is recorded with the split."
+class RLTaskConfig:
+    """What every RL stage sets: its trained adapter, the side of the images it draws, guidance, its loop."""
+
+    lora: LoraConfig = doc(
+        "The trained adapter: on the DiT (cold start, where the projector also trains fully; 2b) or on the "
+        "encoder's LLM (2a; release: r 32, alpha 64, all linear, gaussian)."
+    )
+    resolution: int = doc("Side in pixels of the images drawn (reconstructions, rollouts).")
+    guidance_scale: float = doc("Classifier-free guidance while drawing (Flow-GRPO, 2b: 4.5).")
+    loop: LoopConfig = doc(
+        "Steps, batch, optimiser, checkpoints; batch_size / micro_batch_size count images (cold start; 2a: "
+        "each with G captions) or captions (2b: each with G images)."
     )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ColdStartConfig:
+class GRPOTaskConfig(RLTaskConfig):
+    """An RL stage trained by GRPO (2a, 2b): rollouts every ``grpo.inner_iterations`` steps."""
+
+    grpo: GRPOConfig = doc("GRPO settings (2b: per denoising step).")
+
+    def __post_init__(self) -> None:
+        _check_cycles(self.loop, self.grpo)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ColdStartConfig(RLTaskConfig):
     """Unified-GRPO step 1: the decoder learns to redraw from the encoder's own captions by backpropagating a
     differentiable semantic reconstruction loss (1 - R) through the last denoising steps (DRaFT-K)."""
 
     enabled: bool = doc("Run the cold start; if false, RL starts from the pretrained models.")
-    lora: LoraConfig = doc("DiT adapter (the projector trains fully).")
-    resolution: int = doc("Reconstruction side in pixels.")
     sample_steps: int = doc("Euler steps from noise to image.")
     grad_steps: int = doc("Gradients flow through only the last K steps (DRaFT-K), bounding memory.")
-    guidance_scale: float = doc("Classifier-free guidance while sampling.")
     caption_temperature: float = doc("Temperature of the encoder's caption of each image (fixed per image).")
-    loop: LoopConfig = doc("Steps, batch (images), optimiser, checkpoints.")
 
     def __post_init__(self) -> None:
         if not 1 <= self.grad_steps <= self.sample_steps:
@@ -78,45 +92,32 @@ class ColdStartConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class EncoderRLConfig:
+class EncoderRLConfig(GRPOTaskConfig):
     """Stage 2a, generation for understanding: GRPO on the encoder's LoRA, reward = reconstruction."""
 
-    lora: LoraConfig = doc("Policy adapter on the LLM (release: r 32, alpha 64, all linear, gaussian).")
     temperature: float = doc("Caption sampling temperature.")
     max_new_tokens: int = doc("Caption length limit in tokens.")
     loss_aggregation: Literal["grpo", "bnpo", "dapo"] = doc(
         "'grpo': mean over a caption's tokens, then over captions; 'bnpo': sum / local token count; 'dapo': "
         "sum / (global token count / processes)."
     )
-    resolution: int = doc("Reconstruction side in pixels.")
     reconstruction_steps: int = doc("Denoising steps of each reconstruction.")
-    guidance_scale: float = doc("Classifier-free guidance of the reconstructions.")
-    grpo: GRPOConfig = doc("GRPO settings.")
-    loop: LoopConfig = doc("batch_size / micro_batch_size count images (each with G captions).")
-
-    def __post_init__(self) -> None:
-        _check_cycles(self.loop, self.grpo)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class DecoderRLConfig:
+class DecoderRLConfig(GRPOTaskConfig):
     """Stage 2b, understanding for generation: Flow-GRPO on the DiT's LoRA, reward = reconstruction."""
 
-    lora: LoraConfig = doc("Policy adapter on the DiT.")
-    resolution: int = doc("Generated side in pixels.")
     train_steps: int = doc("Denoising steps of training rollouts (Flow-GRPO: 10; evaluation uses more).")
     train_timestep_fraction: float = doc(
         "Train on the first fraction of the rollout's steps (Flow-GRPO: 0.99)."
     )
     noise_level: float = doc("a in the SDE noise std a*sqrt(sigma/(1-sigma)) (Flow-GRPO: 0.7).")
-    guidance_scale: float = doc("Classifier-free guidance in rollouts and training (Flow-GRPO: 4.5).")
     advantage_clip: float = doc("Advantages are clipped to +-this (Flow-GRPO: 5).")
     caption_temperature: float = doc("Temperature of the frozen encoder's one caption per image.")
-    grpo: GRPOConfig = doc("GRPO settings (per denoising step).")
-    loop: LoopConfig = doc("batch_size / micro_batch_size count captions (each with G images).")
 
     def __post_init__(self) -> None:
-        _check_cycles(self.loop, self.grpo)
+        GRPOTaskConfig.__post_init__(self)  # (a slotted dataclass has no zero-argument super())
         if not 0 < self.train_timestep_fraction <= 1:
             raise ValueError("train_timestep_fraction must be in (0, 1]")
 

@@ -17,8 +17,9 @@ from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.models.decoder import Decoder, export_decoder
 from workflow_scripts.models.encoder import Encoder
 from workflow_scripts.reward.functions import RewardInputs, RewardModel
+from workflow_scripts.reward.pixels import to_pil, to_unit
 from workflow_scripts.rl import grpo
-from workflow_scripts.rl.common import Cycles, SampleWriter, gather, reward_stats, to_pil, to_unit
+from workflow_scripts.rl.common import Cycles, SampleWriter, gather, reward_stats
 from workflow_scripts.rl.config import DecoderRLConfig
 from workflow_scripts.rl.flow import Schedule, cfg_velocity, initial_noise, sample
 from workflow_scripts.seeding import derive_seed

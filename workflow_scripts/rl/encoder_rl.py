@@ -18,8 +18,9 @@ from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.models.decoder import Decoder
 from workflow_scripts.models.encoder import Encoder, export_encoder
 from workflow_scripts.reward.functions import RewardInputs, RewardModel
+from workflow_scripts.reward.pixels import to_unit
 from workflow_scripts.rl import grpo
-from workflow_scripts.rl.common import Cycles, SampleWriter, gather, reward_stats, to_unit
+from workflow_scripts.rl.common import Cycles, SampleWriter, gather, reward_stats
 from workflow_scripts.rl.config import EncoderRLConfig
 from workflow_scripts.seeding import derive_seed
 from workflow_scripts.train.batches import BatchPlan

@@ -8,18 +8,19 @@ from pathlib import Path
 
 from workflow_scripts import atomic
 from workflow_scripts.data.shards import ShardDataset
-from workflow_scripts.launch.job import JobContext
+from workflow_scripts.harness.context import JobContext
+from workflow_scripts.harness.device import job_device
+from workflow_scripts.harness.stage import finalizer, identity, stage_paths
 from workflow_scripts.models.decoder import FORMAT_FILE, load_decoder
 from workflow_scripts.models.encoder import load_encoder
-from workflow_scripts.pretrain.common import finalizer, identity, stage_paths
+from workflow_scripts.reward.backbones import load_backbones, reward_backbone_inputs
 from workflow_scripts.reward.functions import RewardModel
 from workflow_scripts.rl.coldstart import ColdStart
-from workflow_scripts.rl.common import SampleWriter, load_backbones, reward_backbone_inputs
+from workflow_scripts.rl.common import SampleWriter
 from workflow_scripts.rl.decoder_rl import DecoderGRPO
 from workflow_scripts.rl.encoder_rl import EncoderGRPO
 from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan
-from workflow_scripts.train.dist import job_device
 from workflow_scripts.train.loop import train
 
 log = logging.getLogger(__name__)

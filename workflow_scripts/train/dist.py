@@ -60,12 +60,6 @@ def _in_submitit_job() -> bool:
     return True
 
 
-def job_device(local_rank: int) -> torch.device:
-    """This task's device: its GPU when there are GPUs, else the CPU (frozen models go here by hand;
-    accelerate places the trainable one)."""
-    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def make_accelerator(loop: LoopConfig):
     from accelerate import Accelerator
     from accelerate.utils import FullyShardedDataParallelPlugin

@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from workflow_scripts import atomic
+from workflow_scripts.harness.paths import StagePaths
 from workflow_scripts.train import stop
 from workflow_scripts.train.checkpoint import Checkpointer
 from workflow_scripts.train.config import LoopConfig
@@ -52,13 +52,6 @@ class TrainTask(Protocol):
         Called at every checkpoint (``final=False``: must leave the training weights untouched, e.g.
         write LoRA adapters unmerged) and once at the end (``final=True``: may merge adapters).
         """
-
-
-@dataclass(frozen=True)
-class StagePaths:
-    checkpoints: Path
-    metrics: Path
-    final: Path
 
 
 def train(

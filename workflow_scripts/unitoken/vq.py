@@ -27,6 +27,7 @@ from transformers.models.chameleon.modeling_chameleon import (
 )
 
 from workflow_scripts import atomic
+from workflow_scripts.unitoken.config import TinyVQSpec
 
 DECODER_FILE = "decoder.safetensors"
 
@@ -242,3 +243,15 @@ if __name__ == "__main__":
     import sys
 
     convert_released(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+
+
+def vq_config(spec: TinyVQSpec) -> ChameleonVQVAEConfig:
+    return ChameleonVQVAEConfig(
+        embed_dim=spec.embed_dim,
+        num_embeddings=spec.codebook_size,
+        latent_channels=spec.latent_channels,
+        resolution=spec.resolution,
+        base_channels=spec.base_channels,
+        channel_multiplier=list(spec.channel_multiplier),
+        num_res_blocks=spec.num_res_blocks,
+    )

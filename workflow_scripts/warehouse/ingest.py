@@ -12,8 +12,8 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 
+from workflow_scripts.catalog import STAGES, stage_hash, view_wildcards
 from workflow_scripts.config.loader import digest, load_preset
-from workflow_scripts.config.stages import stage_hash, view_wildcards
 from workflow_scripts.fingerprint import fingerprint
 from workflow_scripts.train.metrics import read as read_metrics
 from workflow_scripts.warehouse.db import connect, replace_rows
@@ -264,13 +264,9 @@ def stages(con: duckdb.DuckDBPyConnection, run_id: str, run_dir: Path) -> int:
 
 
 def _provenance(run_dir: Path, rule: str, rest: str) -> dict:
-    name = {
-        "pretrain_encoder": "pretrain_encoder",
-        "pretrain_decoder": f"pretrain_decoder_{rest}",
-        "rl_coldstart": "rl_coldstart",
-        "rl_encoder": "rl_encoder",
-        "rl_decoder": f"rl_decoder_{rest}",
-    }.get(rule)
+    entry = STAGES.get(rule)
+    values = rest.split(".") if rest else []
+    name = entry.trained(**dict(zip(entry.wildcards, values, strict=False))) if entry else None
     if name is None:
         return {}
     final = run_dir / "train" / name / "final"

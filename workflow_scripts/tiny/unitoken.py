@@ -9,27 +9,15 @@ import torch
 from transformers import (
     ChameleonConfig,
     ChameleonForConditionalGeneration,
-    ChameleonVQVAEConfig,
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
 
-from workflow_scripts.models.tiny import train_bpe
+from workflow_scripts.tiny.uae import train_bpe
 from workflow_scripts.unitoken.config import TinyLMSpec, TinyVisionSpec, TinyVQSpec
 from workflow_scripts.unitoken.sequence import TOKEN_NAMES, code_token_name
-
-
-def vq_config(spec: TinyVQSpec) -> ChameleonVQVAEConfig:
-    return ChameleonVQVAEConfig(
-        embed_dim=spec.embed_dim,
-        num_embeddings=spec.codebook_size,
-        latent_channels=spec.latent_channels,
-        resolution=spec.resolution,
-        base_channels=spec.base_channels,
-        channel_multiplier=list(spec.channel_multiplier),
-        num_res_blocks=spec.num_res_blocks,
-    )
+from workflow_scripts.unitoken.vq import vq_config
 
 
 def build_lm(spec: TinyLMSpec, vq: TinyVQSpec, seed: int, corpus: list[str], out_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""What every training stage's entry shares: its folders, its identity, and its provenance."""
+"""The stage harness every training stage's entry shares: its folders, its identity, and its provenance."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 from workflow_scripts import provenance
 from workflow_scripts.config.loader import digest
 from workflow_scripts.fingerprint import fingerprint
-from workflow_scripts.launch.job import JobContext
-from workflow_scripts.train.loop import StagePaths
+from workflow_scripts.harness.context import JobContext
+from workflow_scripts.harness.paths import StagePaths
 
 
 def stage_paths(ctx: JobContext) -> StagePaths:

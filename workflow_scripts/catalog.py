@@ -1,32 +1,31 @@
-"""Which config values each stage reads.
+"""The stage catalog: every stage declared once.
 
-A stage's *view* is the part of the resolved config its outputs depend on. Its hash is a Snakemake
-param, so editing a value re-runs exactly the stages whose view contains it (and, through their
-outputs, what depends on them). Entry points check that the view they read still hashes to the value
-the DAG recorded.
+An entry names the stage, its entry point (``module:function`` taking a
+:class:`~workflow_scripts.harness.context.JobContext`, imported only when a job runs), an optional gather
+step (run once with every task's result), how it fans out (the size of its job array, read from the
+config) and its *view*: the part of the resolved config its outputs depend on. The view's hash is a
+Snakemake param, so editing a value re-runs exactly the stages whose view contains it (and, through their
+outputs, what depends on them); an entry point checks the view it reads still hashes to what the DAG
+recorded, and reads its settings from that view. The launcher, the DAG helpers, the warehouse and the
+hashing all read this table; a test checks that every rule has an entry and every entry a rule.
+
+Adding a stage: write its rule in ``rules/``, its package under ``workflow_scripts/``, and one
+:class:`Stage` in :data:`STAGES` below (README, "Adding a stage").
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from workflow_scripts.config.loader import digest
+from workflow_scripts.config.root import UmmConfig
 
 View = Callable[..., dict[str, Any]]
-_VIEWS: dict[str, View] = {}
 
 
-def _view(name: str) -> Callable[[View], View]:
-    def register(fn: View) -> View:
-        _VIEWS[name] = fn
-        return fn
-
-    return register
-
-
-@_view("build_tiny_model")
 def _tiny_model(cfg: Mapping[str, Any], component: str) -> dict[str, Any]:
     models = cfg["models"]
     if component.startswith("unitoken_"):
@@ -49,12 +48,10 @@ def _tiny_model(cfg: Mapping[str, Any], component: str) -> dict[str, Any]:
     return view
 
 
-@_view("data_collect")
 def _data_collect(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
     return {"seed": cfg["seed"], "source": cfg["data"]["sources"][source]}
 
 
-@_view("data_caption")
 def _data_caption(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
     captioning = cfg["data"]["captioning"]
     view = {"seed": cfg["seed"], "draft": captioning["draft"][source], "refine": captioning["refine"]}
@@ -65,13 +62,11 @@ def _data_caption(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
     return view
 
 
-@_view("data_build")
 def _data_build(cfg: Mapping[str, Any]) -> dict[str, Any]:
     data = cfg["data"]
     return {"seed": cfg["seed"], **{k: data[k] for k in ("filters", "splits", "resolutions", "shard_size")}}
 
 
-@_view("pretrain_encoder")
 def _pretrain_encoder(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "seed": cfg["seed"],
@@ -80,7 +75,6 @@ def _pretrain_encoder(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@_view("pretrain_decoder")
 def _pretrain_decoder(cfg: Mapping[str, Any], phase: str) -> dict[str, Any]:
     decoder = dict(cfg["pretrain"]["decoder"])
     phases = decoder.pop("phases")
@@ -108,27 +102,22 @@ def _rl_common(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@_view("data_rl_select")
 def _data_rl_select(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {"seed": cfg["seed"], "rl_data": cfg["rl"]["data"]}
 
 
-@_view("rl_coldstart")
 def _rl_coldstart(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {**_rl_common(cfg), "coldstart": cfg["rl"]["coldstart"]}
 
 
-@_view("rl_encoder")
 def _rl_encoder(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {**_rl_common(cfg), "encoder": cfg["rl"]["encoder"]}
 
 
-@_view("rl_decoder")
 def _rl_decoder(cfg: Mapping[str, Any], variant: str) -> dict[str, Any]:
     return {**_rl_common(cfg), "decoder": cfg["rl"]["decoder"], "variant": variant}
 
 
-@_view("rl_variant")
 def _rl_variant(cfg: Mapping[str, Any], variant: str) -> dict[str, Any]:
     return {"variant": variant}
 
@@ -151,7 +140,6 @@ def _pick(section: Mapping[str, Any], keys) -> dict[str, Any]:
     return {k: section[k] for k in keys}
 
 
-@_view("eval_items")
 def _eval_items(cfg: Mapping[str, Any], bench: str) -> dict[str, Any]:
     view = {"seed": cfg["seed"], "bench": bench, **_pick(cfg["eval"][bench], _ITEM_KEYS[bench])}
     if bench == "geneval_pp":
@@ -159,7 +147,6 @@ def _eval_items(cfg: Mapping[str, Any], bench: str) -> dict[str, Any]:
     return view
 
 
-@_view("eval_generate")
 def _eval_generate(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, Any]:
     view = {"shards": cfg["eval"]["shards"], **_pick(cfg["eval"][bench], _GENERATION_KEYS[bench])}
     if system == UNITOKEN_SYSTEM:
@@ -178,29 +165,24 @@ def _unitoken_prompting(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@_view("unitoken_vq")
 def _unitoken_vq(cfg: Mapping[str, Any]) -> dict[str, Any]:
     unitoken = cfg["unitoken"]
     return {"seed": cfg["seed"], "spec": unitoken["models"]["tiny_vq"], "train": unitoken["vq_train"]}
 
 
-@_view("unitoken_pretokenize")
 def _unitoken_pretokenize(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {"pretokenize": cfg["unitoken"]["pretokenize"]}
 
 
-@_view("unitoken_train")
 def _unitoken_train(cfg: Mapping[str, Any], unitoken_stage: str) -> dict[str, Any]:
     (stage,) = [s for s in cfg["unitoken"]["stages"] if s["name"] == unitoken_stage]
     return {"seed": cfg["seed"], "z_loss": cfg["unitoken"]["z_loss"], "stage": stage}
 
 
-@_view("unitoken_system")
 def _unitoken_system(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-@_view("eval_score")
 def _eval_score(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, Any]:
     if bench == "unified_bench":
         return {"backbones": cfg["eval"]["unified_bench"]["backbones"]}
@@ -209,22 +191,18 @@ def _eval_score(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, An
     return {"detector": cfg["eval"]["detector"]}
 
 
-@_view("eval_judge")
 def _eval_judge(cfg: Mapping[str, Any], first: str, second: str) -> dict[str, Any]:
     return _pick(cfg["eval"]["judge"], ("judges", "margin"))
 
 
-@_view("eval_system")
 def _eval_system(cfg: Mapping[str, Any], system: str) -> dict[str, Any]:
     return {"system": cfg["eval"]["systems"][system]}
 
 
-@_view("eval_summary")
 def _eval_summary(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {"variants": cfg["rl"]["variants"]}
 
 
-@_view("select_checkpoint")
 def _select_checkpoint(cfg: Mapping[str, Any], rl_stage: str) -> dict[str, Any]:
     return {
         "seed": cfg["seed"],
@@ -235,7 +213,6 @@ def _select_checkpoint(cfg: Mapping[str, Any], rl_stage: str) -> dict[str, Any]:
     }
 
 
-@_view("report_dag")
 def _report_dag(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What shapes the rule graph: which stages, variants and benchmarks exist."""
     return {
@@ -252,18 +229,92 @@ def _report_dag(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Stage:
+    view: View  # (resolved config, **wildcards) -> the config values the stage reads
+    run: str | None = None  # "module:function" taking a JobContext; None: no job (a DAG-only rule)
+    gather: str | None = None  # "module:function" taking (JobSpec, list of task results)
+    array: Callable[[UmmConfig], int] | None = None  # elements of its job array; None: one job
+    # the folder under train/ of the model it trains and the warehouse records with its provenance
+    # ("{wildcard}" placeholders filled from the job's wildcards); None: no such model
+    trains: str | None = None
+
+    @property
+    def wildcards(self) -> list[str]:
+        return list(inspect.signature(self.view).parameters)[1:]
+
+    def trained(self, **wildcards: str) -> str | None:
+        """The ``train/`` folder name of this job's model (None for a stage that trains none)."""
+        return None if self.trains is None else self.trains.format(**wildcards)
+
+
+STAGES: dict[str, Stage] = {
+    "build_tiny_model": Stage(_tiny_model, "workflow_scripts.tiny.stage:build_tiny_model"),
+    "data_collect": Stage(_data_collect, "workflow_scripts.data.stage:collect"),
+    "data_caption": Stage(
+        _data_caption,
+        "workflow_scripts.data.stage:caption",
+        gather="workflow_scripts.data.stage:gather_captions",
+    ),
+    "data_build": Stage(_data_build, "workflow_scripts.data.stage:build"),
+    "pretrain_encoder": Stage(
+        _pretrain_encoder, "workflow_scripts.pretrain.encoder_sft:run", trains="pretrain_encoder"
+    ),
+    "pretrain_decoder": Stage(
+        _pretrain_decoder, "workflow_scripts.pretrain.decoder_flow:run", trains="pretrain_decoder_{phase}"
+    ),
+    "data_rl_select": Stage(_data_rl_select, "workflow_scripts.data.stage:rl_select"),
+    "rl_coldstart": Stage(_rl_coldstart, "workflow_scripts.rl.stage:coldstart", trains="rl_coldstart"),
+    "rl_encoder": Stage(_rl_encoder, "workflow_scripts.rl.stage:encoder", trains="rl_encoder"),
+    "rl_decoder": Stage(_rl_decoder, "workflow_scripts.rl.stage:decoder", trains="rl_decoder_{variant}"),
+    "rl_variant": Stage(_rl_variant, "workflow_scripts.rl.stage:variant"),
+    "select_checkpoint": Stage(_select_checkpoint, "workflow_scripts.eval.stage:select_checkpoint"),
+    "eval_items": Stage(_eval_items, "workflow_scripts.eval.stage:eval_items"),
+    "eval_system": Stage(_eval_system, "workflow_scripts.eval.stage:eval_system"),
+    "eval_generate": Stage(
+        _eval_generate,
+        "workflow_scripts.eval.stage:eval_generate",
+        gather="workflow_scripts.eval.stage:gather_generated",
+        array=lambda cfg: cfg.eval.shards,  # one element per shard
+    ),
+    "eval_score": Stage(_eval_score, "workflow_scripts.eval.stage:eval_score"),
+    "eval_judge": Stage(_eval_judge, "workflow_scripts.eval.stage:eval_judge"),
+    "eval_summary": Stage(_eval_summary, "workflow_scripts.eval.stage:eval_summary"),
+    "unitoken_vq": Stage(_unitoken_vq, "workflow_scripts.unitoken.stage:train_vq"),
+    "unitoken_pretokenize": Stage(
+        _unitoken_pretokenize,
+        "workflow_scripts.unitoken.stage:pretokenize",
+        gather="workflow_scripts.unitoken.stage:gather_pretokenized",
+        array=lambda cfg: cfg.unitoken.pretokenize.shards,  # one element per token shard
+    ),
+    "unitoken_train": Stage(_unitoken_train, "workflow_scripts.unitoken.stage:train_stage"),
+    "unitoken_system": Stage(_unitoken_system, "workflow_scripts.unitoken.stage:unitoken_system"),
+    "report_dag": Stage(_report_dag),
+}
+JOBS = [name for name, stage in STAGES.items() if stage.run]  # what the launcher runs, in run order
+
+
+def decoder_stage(phase: str) -> str:
+    """The training stage of one decoder pretraining phase (its folder under ``train/``)."""
+    return STAGES["pretrain_decoder"].trained(phase=phase)
+
+
+def rl_decoder_stage(variant: str) -> str:
+    return STAGES["rl_decoder"].trained(variant=variant)
+
+
 def view_wildcards(stage: str) -> list[str] | None:
-    """The wildcard names a stage's view takes (None for a stage without a view)."""
-    view = _VIEWS.get(stage)
-    return None if view is None else list(inspect.signature(view).parameters)[1:]
+    """The wildcard names a stage's view takes (None for a name outside the catalog)."""
+    entry = STAGES.get(stage)
+    return None if entry is None else entry.wildcards
 
 
 def stage_view(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> dict[str, Any]:
     try:
-        view = _VIEWS[stage]
+        entry = STAGES[stage]
     except KeyError:
-        raise KeyError(f"no config view for stage '{stage}'; known: {sorted(_VIEWS)}") from None
-    return view(cfg, **wildcards)
+        raise KeyError(f"no config view for stage '{stage}'; known: {sorted(STAGES)}") from None
+    return entry.view(cfg, **wildcards)
 
 
 def stage_hash(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from workflow_scripts import atomic, provenance
-from workflow_scripts.launch.job import JobContext
-from workflow_scripts.models import tiny
-from workflow_scripts.reward.backbones import build_tiny
-from workflow_scripts.reward.config import BACKBONES
+from workflow_scripts.harness.context import JobContext
+from workflow_scripts.models.config import BACKBONES
 from workflow_scripts.seeding import derive_seed
-from workflow_scripts.unitoken import tiny as unitoken_tiny
+from workflow_scripts.tiny import uae as tiny
+from workflow_scripts.tiny import unitoken as unitoken_tiny
+from workflow_scripts.tiny.backbones import build_tiny
 
 
 def build_tiny_model(ctx: JobContext) -> dict:
