@@ -25,7 +25,7 @@ def ci_config(**overrides) -> dict:
 
 
 def snakemake(
-    workdir: Path, *args: str, check: bool = True, timeout: int = 900
+    workdir: Path, *args: str, check: bool = True, timeout: int = 1800
 ) -> subprocess.CompletedProcess:
     """Run the repository's Snakefile with ``workdir`` as working directory (where config.yaml lives)."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", *args]

@@ -147,7 +147,7 @@ def test_official_item_file_is_read_when_given(tmp_path):
         + "\n"
     )
     cfg = parse(resolve({"eval": {"geneval": {"items_file": str(official)}}}))
-    assert build("geneval", cfg.eval, 0, tmp_path, 64, tmp_path / "items") == 1
+    assert build("geneval", cfg.eval, 0, tmp_path, tmp_path / "items") == 1
     (item,) = items.read(tmp_path / "items")
     assert (
         item["prompt"] == "a photo of a circle" and len(item["seeds"]) == cfg.eval.geneval.images_per_prompt

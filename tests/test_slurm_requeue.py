@@ -72,12 +72,17 @@ class FakeSlurm:
 
 # --- item 4: a stage job puts the training loop in front of submitit's signal handlers --------------
 def test_a_stage_job_defers_usr2_to_the_training_loop(monkeypatch):
+    from workflow_scripts.config.loader import parse, resolve
     from workflow_scripts.launch import job as stage_job
     from workflow_scripts.train import stop
 
-    monkeypatch.setattr(stage_job, "load_config", lambda spec: (None, {}))
+    plain = resolve({})
+    monkeypatch.setattr(stage_job, "load_config", lambda spec: (parse(plain), plain))
     monkeypatch.setattr(stage_job, "_in_job", lambda: True)  # as inside submitit's process_job
-    spec = stage_job.JobSpec(stage="pretrain_decoder", config="unused", stage_hash="unused", threads=2)
+    phase = plain["pretrain"]["decoder"]["phases"][0]["name"]
+    spec = stage_job.JobSpec(
+        stage="pretrain_decoder", config="unused", stage_hash="unused", wildcards={"phase": phase}, threads=2
+    )
     threads = torch.get_num_threads()
     try:
         found = stage_job.StageJob(spec, "tests.cluster.requeue_jobs:usr2_handler")()

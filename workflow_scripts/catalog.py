@@ -6,8 +6,11 @@ step (run once with every task's result), how it fans out (the size of its job a
 config) and its *view*: the part of the resolved config its outputs depend on. The view's hash is a
 Snakemake param, so editing a value re-runs exactly the stages whose view contains it (and, through their
 outputs, what depends on them); an entry point checks the view it reads still hashes to what the DAG
-recorded, and reads its settings from that view. The launcher, the DAG helpers, the warehouse and the
-hashing all read this table; a test checks that every rule has an entry and every entry a rule.
+recorded, and reads its settings from that view: the paths a view function reads are all its entry
+point's ``ctx.cfg`` lets it read (``config/scope.py``), so a value read but missing from the view fails
+the job instead of silently not re-running the stage when edited. The launcher, the DAG helpers, the
+warehouse and the hashing all read this table; a test checks that every rule has an entry and every
+entry a rule.
 
 Adding a stage: write its rule in ``rules/``, its package under ``workflow_scripts/``, and one
 :class:`Stage` in :data:`STAGES` below (README, "Adding a stage").
@@ -22,6 +25,7 @@ from typing import Any
 
 from workflow_scripts.config.loader import digest
 from workflow_scripts.config.root import UmmConfig
+from workflow_scripts.config.scope import Scope, trace
 
 View = Callable[..., dict[str, Any]]
 
@@ -82,6 +86,7 @@ def _pretrain_decoder(cfg: Mapping[str, Any], phase: str) -> dict[str, Any]:
     return {
         "seed": cfg["seed"],
         "model": _decoder_reading(cfg),
+        "dtype": _dtype(cfg),
         "image_sampling": cfg["inference"]["image"],
         "decoder": decoder,
         "phase": selected,
@@ -90,7 +95,13 @@ def _pretrain_decoder(cfg: Mapping[str, Any], phase: str) -> dict[str, Any]:
 
 def _decoder_reading(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """How the decoder reads captions (role, token budget): every stage that conditions it depends on it."""
-    return {k: v for k, v in cfg["models"]["decoder"].items() if k not in ("path", "tiny")}
+    decoder = cfg["models"]["decoder"]
+    return {k: decoder[k] for k in decoder if k not in ("path", "tiny")}  # reads only the keys it keeps
+
+
+def _dtype(cfg: Mapping[str, Any]) -> str:
+    """The precision of frozen models on GPUs: every stage that loads one with it depends on it."""
+    return cfg["models"]["dtype"]
 
 
 def _rl_common(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,12 +109,14 @@ def _rl_common(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "seed": cfg["seed"],
         "instruction": cfg["inference"]["caption"]["instruction"],
         "decoder_reading": _decoder_reading(cfg),
+        "dtype": _dtype(cfg),
         "rewards": cfg["rl"]["rewards"],
     }
 
 
 def _data_rl_select(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {"seed": cfg["seed"], "rl_data": cfg["rl"]["data"]}
+    # the caption_words rule scores the largest image resolution's column of the shards
+    return {"seed": cfg["seed"], "rl_data": cfg["rl"]["data"], "resolutions": cfg["data"]["resolutions"]}
 
 
 def _rl_coldstart(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,7 +161,11 @@ def _eval_items(cfg: Mapping[str, Any], bench: str) -> dict[str, Any]:
 
 
 def _eval_generate(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, Any]:
-    view = {"shards": cfg["eval"]["shards"], **_pick(cfg["eval"][bench], _GENERATION_KEYS[bench])}
+    view = {
+        "shards": cfg["eval"]["shards"],
+        "dtype": _dtype(cfg),
+        **_pick(cfg["eval"][bench], _GENERATION_KEYS[bench]),
+    }
     if system == UNITOKEN_SYSTEM:
         return {**view, "unitoken": _unitoken_prompting(cfg)}
     return {**view, "inference": cfg["inference"], "decoder_reading": _decoder_reading(cfg)}
@@ -185,7 +202,7 @@ def _unitoken_system(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _eval_score(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, Any]:
     if bench == "unified_bench":
-        return {"backbones": cfg["eval"]["unified_bench"]["backbones"]}
+        return {"backbones": cfg["eval"]["unified_bench"]["backbones"], "dtype": _dtype(cfg)}
     if bench == "mmt":
         return _pick(cfg["eval"]["mmt"], ("circular", "judge_path"))
     return {"detector": cfg["eval"]["detector"]}
@@ -209,6 +226,7 @@ def _select_checkpoint(cfg: Mapping[str, Any], rl_stage: str) -> dict[str, Any]:
         "selection": cfg["eval"]["selection"],
         "inference": cfg["inference"],
         "decoder_reading": _decoder_reading(cfg),
+        "dtype": _dtype(cfg),
         **_pick(cfg["eval"]["unified_bench"], ("resolution", "backbones")),
     }
 
@@ -315,6 +333,12 @@ def stage_view(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> dict[str
     except KeyError:
         raise KeyError(f"no config view for stage '{stage}'; known: {sorted(STAGES)}") from None
     return entry.view(cfg, **wildcards)
+
+
+def view_scope(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> Scope:
+    """The config paths a stage's view covers: exactly what its view function reads (``config/scope.py``)."""
+    stage_view(cfg, stage, **wildcards)  # the same error for an unknown stage
+    return trace(STAGES[stage].view, cfg, **wildcards)[1]
 
 
 def stage_hash(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> str:

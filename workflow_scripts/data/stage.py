@@ -62,7 +62,7 @@ def build(ctx: JobContext) -> dict:
             stage="data_build",
             config_hash=ctx.config_hash,
             stage_hash=ctx.view_hash,
-            seed=ctx.cfg.seed,
+            seed=ctx.run_seed,
             inputs={name: p for name, p in ctx.spec.inputs.items()},
             extra={"summary": summary},
         ),

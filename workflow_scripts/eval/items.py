@@ -72,12 +72,12 @@ def folder_pictures(folder: str) -> list[tuple[str, Image.Image, dict]]:
     return out
 
 
-def build(bench: str, cfg: EvalConfig, seed: int, shards: Path, resolution: int, out: Path) -> int:
+def build(bench: str, cfg: EvalConfig, seed: int, shards: Path, out: Path) -> int:
     if bench == "unified_bench":
         source = (
             folder_pictures(cfg.unified_bench.folder)
             if cfg.unified_bench.folder
-            else split_pictures(shards, "bench", resolution)
+            else split_pictures(shards, "bench", cfg.unified_bench.resolution)
         )
         items, files = reconstruction_items(source, seed, bench)
     elif bench in ("geneval", "geneval_pp"):

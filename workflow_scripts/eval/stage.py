@@ -62,7 +62,6 @@ def eval_items(ctx: JobContext) -> dict:
         ctx.cfg.eval,
         ctx.cfg.seed,
         ctx.input("shards"),
-        ctx.cfg.eval.unified_bench.resolution,
         ctx.output("item_set"),
     )
     return {"bench": bench, "items": count}
@@ -177,7 +176,7 @@ def eval_score(ctx: JobContext) -> dict:
             stage=f"eval_score/{system}/{bench}",
             config_hash=ctx.config_hash,
             stage_hash=ctx.view_hash,
-            seed=ctx.cfg.seed,
+            seed=ctx.run_seed,
             inputs={},
         ),
     }

@@ -41,7 +41,7 @@ def finalizer(ctx: JobContext, paths: StagePaths, run_identity: str, extra: dict
                 stage=ctx.spec.stage + "".join(f"/{v}" for v in ctx.spec.wildcards.values()),
                 config_hash=ctx.config_hash,
                 stage_hash=ctx.view_hash,
-                seed=ctx.cfg.seed,
+                seed=ctx.run_seed,
                 inputs=ctx.spec.inputs,
                 extra={"identity": run_identity, "world_size": ctx.world, **extra},
             ),
