@@ -25,11 +25,11 @@ import submitit
 import torch
 
 from tests.cluster import jobs
-from tests.cluster.slurm import APT, LocalSlurm, missing_tools
+from tests.cluster.fixture import running_cluster, small_resources
+from tests.cluster.slurm import LocalSlurm
 from tests.conftest import REPO, ci_config, decoder_phase_command, decoder_weights, write_config
 from workflow_scripts.catalog import JOBS, stage_hash
 from workflow_scripts.launch import slurm_state
-from workflow_scripts.launch.config import Resources
 from workflow_scripts.launch.launcher import JobFailedError, _wait, run_many
 from workflow_scripts.train.metrics import read
 
@@ -54,48 +54,10 @@ FAST_POLL = ["--config", "launcher={poll_seconds: 1}"]
 RECORD: dict[str, dict] = {}
 
 
-def _small(**changes) -> Resources:
-    base = {
-        "nodes": 1,
-        "gpus_per_node": 0,
-        "tasks_per_node": 1,
-        "cpus_per_task": 1,
-        "mem_gb": 1,
-        "timeout_min": 20,  # > 10: submitit reads a USR2 as preemption, not as a timeout
-        "partition": None,
-        "account": None,
-        "qos": None,
-        "constraint": None,
-        "max_num_timeout": 3,
-    }
-    return Resources(**{**base, **changes})
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if missing_tools() or os.geteuid() != 0:
-        pytest.fail(
-            f"the Slurm tests start a local cluster as root; install it with `{APT}` and run as root, "
-            "or deselect these tests with -m 'not slurm'"
-        )
-    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm"))
-    try:
-        slurm.start()
-    except Exception:
-        slurm.stop()
-        raise
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(slurm.conf)
-    RECORD["cluster"] = {"bring_up_seconds": round(slurm.bring_up_seconds, 1)}
-    yield slurm
-    if previous is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = previous
-    RECORD["cluster"]["tear_down_seconds"] = round(slurm.stop(), 1)
-    artifacts = REPO / "artifacts"
-    artifacts.mkdir(exist_ok=True)
-    (artifacts / "slurm.json").write_text(json.dumps(RECORD, indent=2))
+    with running_cluster(tmp_path_factory.mktemp("slurm"), RECORD, "slurm.json") as slurm:
+        yield slurm
 
 
 def _accounted(prefix: str) -> list[dict]:
@@ -125,7 +87,7 @@ def _show_job(job_id: str) -> str:
 
 # --- 1. the launcher's jobs get what the stage asked for ----------------------------------------------
 def test_launcher_job_gets_the_nodes_tasks_and_gpus_it_asked_for(cluster, tmp_path):
-    resources = _small(nodes=2, gpus_per_node=3, partition="debug", timeout_min=15)
+    resources = small_resources(nodes=2, gpus_per_node=3, partition="debug", timeout_min=15)
     journal = tmp_path / "jobs.jsonl"
     began = time.time()
     (results,) = run_many(
@@ -161,7 +123,7 @@ def test_launcher_job_gets_the_nodes_tasks_and_gpus_it_asked_for(cluster, tmp_pa
 
 # --- 5. failures surface within seconds with the job id, its state and its log ----------------------
 def test_failed_and_cancelled_jobs_fail_fast_with_id_state_and_log(cluster, tmp_path):
-    common = {"kind": "slurm", "resources": _small(), "poll_seconds": 0.5}
+    common = {"kind": "slurm", "resources": small_resources(), "poll_seconds": 0.5}
     with pytest.raises(JobFailedError) as failed:
         run_many([jobs.fail], folder=tmp_path / "fail", name="umm-test-fail", **common)
     message = str(failed.value)
@@ -224,7 +186,7 @@ def test_without_accounting_a_dead_job_is_still_detected(cluster, tmp_path, monk
                 [jobs.fail],
                 kind="slurm",
                 folder=tmp_path / "jobs",
-                resources=_small(),
+                resources=small_resources(),
                 name="umm-test-bare",
                 poll_seconds=0.5,
             )

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.slurm import APT, LocalSlurm, missing_tools
+from tests.cluster.fixture import running_cluster, small_resources
 from tests.conftest import REPO
 from workflow_scripts.launch import slurm_state
-from workflow_scripts.launch.config import Resources
 from workflow_scripts.launch.launcher import run
 from workflow_scripts.launch.lease import Process
 
@@ -32,44 +31,8 @@ KEY = "the-stage-key"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if missing_tools() or os.geteuid() != 0:
-        pytest.fail(
-            f"the Slurm tests start a local cluster as root; install it with `{APT}` and run as root, "
-            "or deselect these tests with -m 'not slurm'"
-        )
-    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm"), nodes=1)
-    try:
-        slurm.start()
-    except Exception:
-        slurm.stop()
-        raise
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(slurm.conf)
-    RECORD["cluster"] = {"bring_up_seconds": round(slurm.bring_up_seconds, 1)}
-    yield slurm
-    if previous is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = previous
-    RECORD["cluster"]["tear_down_seconds"] = round(slurm.stop(), 1)
-    (REPO / "artifacts").mkdir(exist_ok=True)
-    (REPO / "artifacts" / "slurm_reattach.json").write_text(json.dumps(RECORD, indent=2))
-
-
-def _resources() -> Resources:
-    return Resources(
-        nodes=1,
-        gpus_per_node=0,
-        tasks_per_node=1,
-        cpus_per_task=1,
-        mem_gb=1,
-        timeout_min=20,
-        partition=None,
-        account=None,
-        qos=None,
-        constraint=None,
-        max_num_timeout=3,
-    )
+    with running_cluster(tmp_path_factory.mktemp("slurm"), RECORD, "slurm_reattach.json", nodes=1) as slurm:
+        yield slurm
 
 
 def write_after(path: str, seconds: float) -> str:
@@ -97,7 +60,7 @@ def _run(folder: Path, output: Path, name: str, seconds: float) -> list:
         functools.partial(write_after, str(output), seconds),
         kind="slurm",
         folder=folder,
-        resources=_resources(),
+        resources=small_resources(),
         name=name,
         poll_seconds=0.5,
         journal=folder / "jobs.jsonl",

@@ -26,10 +26,8 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from tests.cluster import jobs, requeue_jobs
-from tests.cluster.slurm import APT, LocalSlurm, missing_tools
-from tests.conftest import REPO
+from tests.cluster.fixture import running_cluster, small_resources
 from workflow_scripts.launch import launcher, slurm_state
-from workflow_scripts.launch.config import Resources
 from workflow_scripts.launch.launcher import _accounting_fields, _log_tail, _wait, run_many
 from workflow_scripts.train.loop import StagePaths, train
 from workflow_scripts.warehouse import db, ingest
@@ -216,7 +214,7 @@ def test_jobs_table_stores_restarts_and_summed_elapsed_and_old_warehouses_migrat
 def test_usr2_to_one_of_two_processes_checkpoints_both_at_the_same_step(tmp_path):
     folder = tmp_path / "train"
     job = requeue_jobs.Training(str(folder), steps=30, every=1000, step_seconds=0.3)
-    resources = _small(tasks_per_node=2, timeout_min=20)
+    resources = small_resources(tasks_per_node=2, timeout_min=20)
     signalled: dict = {}
 
     def signal_rank_1() -> None:  # the launcher sets signal handlers: it runs in the main thread
@@ -238,48 +236,10 @@ def test_usr2_to_one_of_two_processes_checkpoints_both_at_the_same_step(tmp_path
 
 
 # --- the real cluster ------------------------------------------------------------------------------
-def _small(**changes) -> Resources:
-    base = {
-        "nodes": 1,
-        "gpus_per_node": 0,
-        "tasks_per_node": 1,
-        "cpus_per_task": 1,
-        "mem_gb": 1,
-        "timeout_min": 20,  # > 10: submitit reads a USR2 as preemption, not as a timeout
-        "partition": None,
-        "account": None,
-        "qos": None,
-        "constraint": None,
-        "max_num_timeout": 3,
-    }
-    return Resources(**{**base, **changes})
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if missing_tools() or os.geteuid() != 0:
-        pytest.fail(
-            f"the Slurm tests start a local cluster as root; install it with `{APT}` and run as root, "
-            "or deselect these tests with -m 'not slurm'"
-        )
-    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm"))
-    try:
-        slurm.start()
-    except Exception:
-        slurm.stop()
-        raise
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(slurm.conf)
-    RECORD["cluster"] = {"bring_up_seconds": round(slurm.bring_up_seconds, 1)}
-    yield slurm
-    if previous is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = previous
-    RECORD["cluster"]["tear_down_seconds"] = round(slurm.stop(), 1)
-    artifacts = REPO / "artifacts"
-    artifacts.mkdir(exist_ok=True)
-    (artifacts / "slurm_requeue.json").write_text(json.dumps(RECORD, indent=2))
+    with running_cluster(tmp_path_factory.mktemp("slurm"), RECORD, "slurm_requeue.json") as slurm:
+        yield slurm
 
 
 def _wait_until(condition, what: str, timeout: float = 120, interval: float = 0.05):
@@ -314,7 +274,9 @@ def _in_background(**kwargs) -> tuple[threading.Thread, dict]:
 
     def target() -> None:
         try:
-            outcome["results"] = run_many(kind="slurm", poll_seconds=0.5, resources=_small(), **kwargs)
+            outcome["results"] = run_many(
+                kind="slurm", poll_seconds=0.5, resources=small_resources(), **kwargs
+            )
         except BaseException as err:  # reported by the test
             outcome["error"] = err
 
@@ -435,7 +397,7 @@ def test_a_short_job_is_noticed_in_seconds_whatever_poll_seconds_says(cluster, t
         [functools.partial(jobs.sleep, 1)] * 2,
         kind="slurm",
         folder=tmp_path / "jobs",
-        resources=_small(),
+        resources=small_resources(),
         name="umm-test-poll",
         poll_seconds=30,  # slurm/launcher.yaml's cap
         array_parallelism=2,
