@@ -12,33 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.cluster.requeue_jobs import loop_config
 from workflow_scripts.train import stop
 from workflow_scripts.train.batches import BatchPlan
-from workflow_scripts.train.config import CheckpointConfig, LoopConfig, OptimConfig
+from workflow_scripts.train.config import LoopConfig
 from workflow_scripts.train.loop import NonFiniteLossError, StagePaths, train
 from workflow_scripts.train.metrics import MetricsLog, read
 
 
-def _loop(steps=6, every=2, batch=4, micro=2) -> LoopConfig:
-    return LoopConfig(
-        steps=steps,
-        batch_size=batch,
-        micro_batch_size=micro,
-        mixed_precision="no",
-        distributed="ddp",
-        gradient_checkpointing=False,
-        log_every=1,
-        optim=OptimConfig(
-            lr=0.1,
-            weight_decay=0.0,
-            betas=[0.9, 0.999],
-            eps=1e-8,
-            grad_clip=1.0,
-            warmup_steps=0,
-            schedule="constant",
-        ),
-        checkpoint=CheckpointConfig(every_steps=every, keep_last=2),
-    )
+def _loop(steps=6, every=2) -> LoopConfig:
+    return loop_config(steps, every, keep_last=2)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from workflow_scripts.train.config import CheckpointConfig, LoopConfig, OptimCon
 from workflow_scripts.train.loop import StagePaths, train
 
 
-def loop_config(steps: int, every: int) -> LoopConfig:
+def loop_config(steps: int, every: int, keep_last: int = 1000) -> LoopConfig:
     return LoopConfig(
         steps=steps,
         batch_size=4,
@@ -35,7 +35,7 @@ def loop_config(steps: int, every: int) -> LoopConfig:
             warmup_steps=0,
             schedule="constant",
         ),
-        checkpoint=CheckpointConfig(every_steps=every, keep_last=1000),
+        checkpoint=CheckpointConfig(every_steps=every, keep_last=keep_last),
     )
 
 
