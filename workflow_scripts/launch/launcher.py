@@ -49,7 +49,11 @@ def _parameters(resources: Resources, name: str) -> dict[str, Any]:
 def make_executor(kind: str, folder: Path, resources: Resources, name: str) -> submitit.AutoExecutor:
     """A submitit executor whose parameters are exactly the stage's resources."""
     executor = submitit.AutoExecutor(
-        folder=folder, cluster=CLUSTERS[kind], slurm_max_num_timeout=resources.max_num_timeout
+        folder=folder,
+        cluster=CLUSTERS[kind],
+        slurm_max_num_timeout=resources.max_num_timeout,
+        # a local task starts through launch.processes, which ties its life to its controller
+        local_python=lease.task_python(),
     )
     executor.update_parameters(**_parameters(resources, name))
     return executor
@@ -126,8 +130,6 @@ def run_many(
     executor = make_executor(kind, folder, resources, name)
     if kind == "slurm":
         executor.update_parameters(slurm_array_parallelism=array_parallelism)
-    if kind == "local":  # each task starts through lease.main, which ties its life to its controller
-        executor._executor.python = lease.task_python()
     held = lease.Lease(folder, attach_key, kind)
     jobs = _attach(held, len(fns), outputs, poll_seconds)
     if jobs is None:
