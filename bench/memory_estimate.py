@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workflow_scripts.catalog import resources
 from workflow_scripts.config.loader import parse, resolve
 
 GB = 1024**3
@@ -51,6 +52,7 @@ PLACEHOLDER_PATHS = {
         "sources": {"folder": {"path": "images"}},
         "captioning": {"draft_model": {"path": "vlm"}, "refine_model": {"path": "llm"}},
     },
+    "eval": {"unified_bench": {"folder": "UniBench/Image"}},
 }
 
 
@@ -108,7 +110,22 @@ def main() -> None:
         {
             "DiT + LoRA+Adam": SD35.params * BF16
             + lora_params(SD35_LINEARS, SD35.layers, rl.coldstart.lora.rank) * FP32_ADAM,
-            "frozen encoder": qwen,
+            # hidden_states mode trains the LLM's LoRA too, through the answer tokens' states
+            "LLM + LoRA+Adam": qwen
+            + (
+                lora_params(QWEN_LINEARS, QWEN.layers, rl.coldstart.encoder_lora.rank) * FP32_ADAM
+                if rl.coldstart.mode == "hidden_states"
+                else 0
+            ),
+            "LLM activations (ckpt)": (
+                rl.coldstart.loop.micro_batch_size
+                * ((rl.coldstart.resolution // 28) ** 2 + cfg.models.decoder.max_text_tokens)
+                * QWEN.hidden
+                * QWEN.layers
+                * BF16
+                if rl.coldstart.mode == "hidden_states"
+                else 0
+            ),
             "reward backbones": rewards,
             "DiT activations": 2
             * rl.coldstart.grad_steps
@@ -121,7 +138,7 @@ def main() -> None:
     )
 
     phase = cfg.pretrain.decoder.phases[-1]
-    world = cfg.launcher.resources("pretrain_decoder").world_size
+    world = resources(cfg, "pretrain_decoder").world_size
     row(
         f"pretrain_decoder {phase.resolution}px",
         {

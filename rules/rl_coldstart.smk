@@ -1,9 +1,6 @@
 rule rl_coldstart:
     input:
-        **RUN.rl.reward_inputs(),
-        encoder=RUN.pretrained_encoder,
-        decoder=RUN.pretrained_decoder,
-        rl_data=LAYOUT.rl_data,
+        **RUN.rl.coldstart_inputs(),
     output:
         model=directory(LAYOUT.final("rl_coldstart")),
     log:

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from workflow_scripts.catalog import stage_hash
-from workflow_scripts.config.loader import config_schema, parse, resolve
+from workflow_scripts.catalog import JOBS, resources, stage_hash
+from workflow_scripts.config.loader import config_schema, deep_merge, parse, resolve
 from workflow_scripts.config.typed import ConfigError
 from workflow_scripts.dag import Run
 
@@ -23,6 +23,7 @@ PAPER_PATHS = {
         "sources": {"folder": {"path": "/data/images"}},
         "captioning": {"draft_model": {"path": "/models/vlm"}, "refine_model": {"path": "/models/llm"}},
     },
+    "eval": {"unified_bench": {"folder": "/data/UniBench/Image"}},
 }
 
 
@@ -50,7 +51,7 @@ def test_paper_preset_states_the_published_numbers():
         phases["highres"].loop.steps,
         phases["highres"].loop.batch_size,
     ) == (1024, 5000, 256)
-    res = cfg.launcher.resources("pretrain_decoder")
+    res = resources(cfg, "pretrain_decoder")
     assert (res.nodes, res.gpus_per_node, res.tasks_per_node) == (8, 8, 8)
     assert cfg.models.decoder.projector_hidden_size == 8192
     assert cfg.data.splits.bench_count == 100
@@ -146,10 +147,10 @@ def test_decoder_phase_hash_covers_only_its_own_phase():
 
 def test_per_stage_resources_override_defaults():
     cfg = parse(resolve({"launcher": {"stages": {"data_build": {"nodes": 3, "partition": "gpu"}}}}))
-    res = cfg.launcher.resources("data_build")
+    res = resources(cfg, "data_build")
     assert (res.nodes, res.partition, res.cpus_per_task) == (3, "gpu", cfg.launcher.defaults.cpus_per_task)
-    assert cfg.launcher.resources("data_collect") == cfg.launcher.defaults
-    assert cfg.launcher.resources("pretrain_encoder").cpus_per_task == 2  # the tiny preset's own override
+    assert resources(cfg, "data_collect") == cfg.launcher.defaults
+    assert resources(cfg, "pretrain_encoder").cpus_per_task == 2  # the tiny preset's own override
     with pytest.raises(ConfigError, match=r"launcher\.stages\.pretrain_encoder\.nodez"):
         resolve({"launcher": {"stages": {"pretrain_encoder": {"nodez": 3}}}})
 
@@ -205,19 +206,56 @@ def test_presets_write_named_lists_as_mappings_and_resolve_them_to_lists():
 
 # --- resources match the work (item 8) ---------------------------------------------------------
 def test_tiny_preset_claims_no_gpu_for_any_stage():
-    from workflow_scripts.catalog import JOBS
+    cfg = parse(resolve({}))
+    assert {s: resources(cfg, s).gpus_per_node for s in JOBS} == dict.fromkeys(JOBS, 0)
 
-    launcher = parse(resolve({})).launcher
-    assert {s: launcher.resources(s).gpus_per_node for s in JOBS} == dict.fromkeys(JOBS, 0)
+
+def test_the_catalog_shapes_each_stage_on_the_cluster_the_preset_describes():
+    """Footprints live in the catalog, the cluster in launcher.defaults: the presets' per-stage entries
+    hold no job shape, and a bigger cluster reshapes every stage without a per-stage edit."""
+    for preset in ("paper", "tiny"):
+        stages = resolve({"preset": preset, **PAPER_PATHS})["launcher"]["stages"]
+        shaped = {s: sorted(set(v) & {"nodes", "gpus_per_node", "tasks_per_node"}) for s, v in stages.items()}
+        assert {s: v for s, v in shaped.items() if v} == {}, preset
+
+    def shape(cfg, stage, **wildcards):
+        res = resources(cfg, stage, wildcards)
+        return res.nodes, res.tasks_per_node, res.gpus_per_node
+
+    paper = parse(resolve({"preset": "paper", **PAPER_PATHS}))
+    assert shape(paper, "pretrain_decoder") == (8, 8, 8)
+    assert shape(paper, "data_caption") == (8, 1, 8)  # one captioner per node, over all its GPUs
+    assert shape(paper, "eval_judge") == (1, 1, 8)
+    assert shape(paper, "eval_generate") == (1, 1, 1)
+    assert shape(paper, "data_build") == (1, 1, 0)
+    # a benchmark judged by a local VLM loads it over a node; without a judge it scores on one GPU
+    assert shape(paper, "eval_score", bench="geneval") == (1, 1, 1)
+    with_judge = deep_merge(PAPER_PATHS, {"eval": {"mmt": {"judge_path": "/m/vlm"}}})
+    judged = parse(resolve({"preset": "paper", **with_judge}))
+    assert shape(judged, "eval_score", bench="mmt") == (1, 1, 8)
+    assert shape(paper, "eval_score", bench="mmt") == (1, 1, 1)  # PAPER_PATHS sets no MMT judge
+    bigger = {"launcher": {"defaults": {"nodes": 16, "gpus_per_node": 4, "tasks_per_node": 4}}}
+    big = parse(resolve({"preset": "paper", **PAPER_PATHS, **bigger}))
+    assert [shape(big, s) for s in ("pretrain_decoder", "data_caption", "eval_judge", "eval_generate")] == [
+        (16, 4, 4),
+        (16, 1, 4),
+        (1, 1, 4),
+        (1, 1, 1),
+    ]
+    # an explicit per-stage entry still wins over the footprint
+    pinned = parse(
+        resolve({"preset": "paper", **PAPER_PATHS, "launcher": {"stages": {"eval_judge": {"nodes": 2}}}})
+    )
+    assert shape(pinned, "eval_judge") == (2, 1, 8)
 
 
 def test_paper_memory_scales_with_the_gpus_a_stage_uses(tmp_path):
     from workflow_scripts.launch.launcher import sbatch_script
 
-    launcher = parse(resolve({"preset": "paper", **PAPER_PATHS})).launcher
+    cfg = parse(resolve({"preset": "paper", **PAPER_PATHS}))
 
     def sbatch(stage):
-        text = sbatch_script(tmp_path, launcher.resources(stage), stage)
+        text = sbatch_script(tmp_path, resources(cfg, stage), stage)
         return dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", text, flags=re.M))
 
     assert (sbatch("eval_generate")["gpus-per-node"], sbatch("eval_generate")["mem"]) == ("1", "125GB")
@@ -228,7 +266,7 @@ def test_paper_memory_scales_with_the_gpus_a_stage_uses(tmp_path):
     pinned = parse(
         resolve({"preset": "paper", **PAPER_PATHS, "launcher": {"stages": {"eval_generate": {"mem_gb": 40}}}})
     )
-    assert pinned.launcher.resources("eval_generate").mem_gb == 40
+    assert resources(pinned, "eval_generate").mem_gb == 40
 
 
 # --- names that become path components (item 11) ----------------------------------------------

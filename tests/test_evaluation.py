@@ -12,10 +12,11 @@ import torch
 
 from tests.conftest import ci_config, snakemake
 from workflow_scripts.config.loader import parse, resolve
-from workflow_scripts.eval import generate, items, score
+from workflow_scripts.eval import generate, geneval_pp, items, score
 from workflow_scripts.eval.detectors import PaletteColors, ShapesDetector
 from workflow_scripts.eval.geneval import TASKS, ScoringConstants
 from workflow_scripts.eval.systems import load_system
+from workflow_scripts.models.conditioning import ConditioningSpec
 
 pytestmark = pytest.mark.slow
 BENCHES = ("unified_bench", "geneval", "geneval_pp", "mmt")
@@ -24,7 +25,8 @@ BENCHES = ("unified_bench", "geneval", "geneval_pp", "mmt")
 def test_every_system_has_every_benchmark_traceable_to_samples(tiny_dag):
     run = tiny_dag / "results" / "ci"
     summary = json.loads((run / "eval/summary.json").read_text())
-    assert set(summary["systems"]) == {"none", "2a", "2b", "2a+2b", "unitoken"}  # UniToken: same harness
+    uae = {"none", "coldstart", "2a", "2b", "2a+2b"}
+    assert set(summary["systems"]) == uae | {"unitoken"}  # UniToken: same harness
     for system, benches in summary["systems"].items():
         assert set(benches) == set(BENCHES)
         for bench in BENCHES:
@@ -41,9 +43,12 @@ def test_every_system_has_every_benchmark_traceable_to_samples(tiny_dag):
                 assert scores["correct_images"] == pytest.approx(
                     sum(r["correct"] for r in records) / len(records)
                 )
+            elif bench == "geneval_pp":  # one image per item, 3 shapes-world items per tag, judged exactly
+                assert [r["tag"] for r in records].count("counting") == 3 and len(records) == 7 * 3
+                assert scores["protocol"]["judge"] == geneval_pp.SHAPES_JUDGE
             elif bench == "mmt":
                 assert len(records) == 5 * 4 * 4  # tasks x questions x circular rotations
-    assert set(summary["ablation_unified_bench_overall"]) == {"none", "2a", "2b", "2a+2b"}
+    assert set(summary["ablation_unified_bench_overall"]) == {"none", "coldstart", "2a", "2b", "2a+2b"}
     pairs = {(row["system"], row["baseline"]): row for row in summary["judge"]}
     assert set(pairs) == {("2a+2b", "none"), ("unitoken", "2a+2b")}  # UAE vs baseline, UniToken vs UAE
     for row in pairs.values():
@@ -74,11 +79,12 @@ def test_scorer_and_selection_changes_rerun_only_what_they_feed(tiny_dag):
 
     try:
         rescore = _rerun(tiny_dag, "--config", "eval={detector: {threshold: 0.5}}")
-        # 5 systems (4 UAE variants + UniToken) x (geneval, geneval_pp); their ingest, the run's, the report
+        # 6 systems (5 UAE variants + UniToken) x geneval (GenEval++ is judged, it reads no detector); their
+        # ingest, the run's, the report
         assert rescore == {
-            "eval_score": 10,
+            "eval_score": 6,
             "eval_summary": 1,
-            "ingest_eval": 10,
+            "ingest_eval": 6,
             "ingest_run": 1,
             "report": 1,
             "report_index": 1,
@@ -100,8 +106,7 @@ def test_shard_count_does_not_change_any_aggregate(tiny_dag, tmp_path, monkeypat
     system = load_system(
         run / "variants/none.json",
         cfg.inference,
-        role="generate",
-        max_text_tokens=cfg.models.decoder.max_text_tokens,
+        conditioning=ConditioningSpec.of(cfg.models.decoder),
         device=torch.device("cpu"),
         dtype=torch.float32,
     )

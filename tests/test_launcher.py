@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import REPO
 from tests.test_config import PAPER_PATHS
 from workflow_scripts import atomic
+from workflow_scripts.catalog import resources
 from workflow_scripts.config.loader import parse, resolve
 from workflow_scripts.launch import launcher, lease, slurm_state
 from workflow_scripts.launch.config import Resources
@@ -44,9 +45,7 @@ def test_paper_preset_sbatch_asks_for_8_nodes_of_8_gpus(tmp_path):
             }
         )
     )
-    lines = _sbatch_lines(
-        sbatch_script(tmp_path, cfg.launcher.resources("pretrain_decoder"), "umm-paper-pretrain")
-    )
+    lines = _sbatch_lines(sbatch_script(tmp_path, resources(cfg, "pretrain_decoder"), "umm-paper-pretrain"))
     assert lines["nodes"] == "8"
     assert lines["gpus-per-node"] == "8"
     assert lines["ntasks-per-node"] == "8"
@@ -65,7 +64,7 @@ def test_paper_preset_sbatch_asks_for_8_nodes_of_8_gpus(tmp_path):
 
 def test_light_stage_override_reaches_sbatch(tmp_path):
     cfg = parse(resolve({"preset": "paper", **PAPER_PATHS}))
-    lines = _sbatch_lines(sbatch_script(tmp_path, cfg.launcher.resources("build_tiny_model"), "x"))
+    lines = _sbatch_lines(sbatch_script(tmp_path, resources(cfg, "build_tiny_model"), "x"))
     assert lines["nodes"] == "1" and lines["ntasks-per-node"] == "1" and "gpus-per-node" not in lines
 
 
@@ -125,9 +124,7 @@ def test_sbatch_snapshot(repo):
     """The whole rendered file, against a committed copy (update it deliberately when it should change)."""
     cfg = parse(resolve({"preset": "paper", **PAPER_PATHS}))
     folder = Path("/shared/umm/results/paper/logs/jobs/pretrain_decoder_lowres")  # absolute: as on a cluster
-    text = sbatch_script(
-        folder, cfg.launcher.resources("pretrain_decoder"), "umm-paper-pretrain_decoder_lowres"
-    )
+    text = sbatch_script(folder, resources(cfg, "pretrain_decoder"), "umm-paper-pretrain_decoder_lowres")
     assert text == (repo / "tests/assets/sbatch_paper_pretrain_decoder.txt").read_text()
 
 

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from workflow_scripts.config.typed import ConfigError
+from workflow_scripts.models.conditioning import ConditioningSpec, condition, read, token_ids
 from workflow_scripts.models.decoder import load_decoder
-from workflow_scripts.models.encoder import IGNORE_INDEX, load_encoder
+from workflow_scripts.models.encoder import IGNORE_INDEX, CaptionPrompt, load_encoder
 from workflow_scripts.models.paths import DIFFUSERS_FILES, require_model_dir
 
 
@@ -38,7 +39,8 @@ def test_tiny_encoder_is_a_real_qwen2_5_vl_that_round_trips(tiny_models, tmp_pat
 def test_sft_batch_supervises_only_the_caption(tiny_models):
     enc = load_encoder(tiny_models["encoder"])
     captions = ["A flat digital illustration of one shape.", "Two blue squares."]
-    batch = enc.sft_batch(_images(2), captions, "Describe the image.", max_caption_tokens=64)
+    prompt = CaptionPrompt("Describe the image.", instruction_first=False)
+    batch = enc.sft_batch(_images(2), captions, prompt, max_caption_tokens=64)
     for row, labels, caption in zip(batch["input_ids"], batch["labels"], captions, strict=True):
         supervised = labels[labels != IGNORE_INDEX].tolist()
         expected = enc.tokenizer(caption, add_special_tokens=False)["input_ids"] + [enc.end_of_turn_id]
@@ -49,17 +51,138 @@ def test_sft_batch_supervises_only_the_caption(tiny_models):
     assert torch.isfinite(enc.model(**batch).loss)
 
 
-def test_caption_conditioning_does_not_depend_on_the_batch(tiny_models):
+RELEASE = ConditioningSpec(mode="release", role="generate", negative="a random ugly image", max_tokens=24)
+FIXED = ConditioningSpec(mode="fixed_length", role="generate", negative="a random ugly image", max_tokens=24)
+LONG_PROMPT = "three green stars in a row on a beige background next to a blue ring"
+
+
+def test_release_conditioning_pads_negative_and_prompt_together_and_keeps_the_padding(tiny_models):
+    """The release's steps, by hand: generation header, tokenizer.encode, pad_sequence of [negative,
+    prompt] with pad_token_id, mask = ids != pad, one forward, projector on hidden_states[-1] of every
+    position (no zeroing)."""
     enc = load_encoder(tiny_models["encoder"])
+    dec = load_decoder(tiny_models["decoder"], llm_hidden_size=64, projector_hidden_size=32, projector_seed=1)
+    pad = enc.tokenizer.pad_token_id
+    for prompt in ("a red circle", LONG_PROMPT):
+        rows = []
+        for text in (RELEASE.negative, prompt):
+            turn = [{"role": "generate", "content": [{"type": "text", "text": text}]}]
+            chat = enc.processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+            assert chat.endswith("<|im_start|>assistant\n")
+            rows.append(enc.tokenizer.encode(chat))
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = (ids != pad).long()
+        assert mask.sum(1).tolist() == [len(r) for r in rows]
+        got_ids, got_mask = token_ids(enc, [RELEASE.negative, prompt], RELEASE)
+        assert torch.equal(got_ids, ids) and torch.equal(got_mask, mask)
+        with torch.no_grad():
+            out = enc.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            expected = dec.projector.net(out.hidden_states[-1])
+            embeds, negative = condition(enc, dec.projector, [prompt], RELEASE)
+        torch.testing.assert_close(negative, expected[:1], rtol=0, atol=0)
+        torch.testing.assert_close(embeds, expected[1:], rtol=0, atol=0)
+        padded = mask == 0
+        assert padded.any()  # one of the two rows is padded ...
+        assert (expected[padded].abs().sum(-1) > 0).all()  # ... and its padded positions are not zeroed
+
+
+def test_release_conditioning_of_a_batch_pads_to_its_longest_prompt(tiny_models):
+    enc = load_encoder(tiny_models["encoder"])
+    short = "a red circle"
     with torch.no_grad():
-        alone, mask_alone = enc.text_states(["a red circle"], "generate", 24)
-        together, _ = enc.text_states(
-            ["a red circle", "three green stars in a row on a beige background"], "generate", 24
+        alone = read(enc, [short], RELEASE, negative=RELEASE.negative)
+        both = read(enc, [short, LONG_PROMPT], RELEASE, negative=RELEASE.negative)
+        copies = read(enc, [short, short], RELEASE, negative=RELEASE.negative)
+    assert both.hidden.shape[1] > alone.hidden.shape[1] and both.keep.all()
+    # a prompt's own positions do not depend on the padding after them (causal attention) ...
+    width = alone.hidden.shape[1]
+    torch.testing.assert_close(both.hidden[0, :width], alone.hidden[0], rtol=1e-5, atol=1e-6)
+    # ... but SD3 sees the longer padded sequence: batching different prompts changes the image
+    assert both.negative_hidden.shape[1] == both.hidden.shape[1]
+    torch.testing.assert_close(copies.hidden[1], alone.hidden[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_length_conditioning_is_todays_reading(tiny_models):
+    """fixed_length: the turn without generation header, padded/truncated to max_tokens, last hidden
+    states with padded positions zeroed, before and after the projector; batch-independent."""
+    enc = load_encoder(tiny_models["encoder"])
+    dec = load_decoder(tiny_models["decoder"], llm_hidden_size=64, projector_hidden_size=32, projector_seed=1)
+    prompts = ["a red circle", LONG_PROMPT]
+
+    def by_hand(texts):
+        turns = [[{"role": "generate", "content": [{"type": "text", "text": t}]}] for t in texts]
+        chats = [enc.processor.apply_chat_template(turn) for turn in turns]
+        enc.tokenizer.padding_side = "right"
+        tokens = enc.tokenizer(
+            chats,
+            add_special_tokens=False,
+            padding="max_length",
+            truncation=True,
+            max_length=24,
+            return_tensors="pt",
         )
-    assert alone.shape == (1, 24, enc.model.config.text_config.hidden_size)
-    torch.testing.assert_close(alone[0], together[0], rtol=1e-5, atol=1e-6)
-    padded = mask_alone[0] == 0
-    assert padded.any() and torch.all(alone[0][padded] == 0)
+        keep = tokens["attention_mask"][..., None]
+        hidden = enc.model.model(**tokens).last_hidden_state * keep
+        return dec.projector.net(hidden) * keep
+
+    with torch.no_grad():
+        embeds, negative = condition(enc, dec.projector, prompts, FIXED)
+        alone, _ = condition(enc, dec.projector, prompts[:1], FIXED)
+        torch.testing.assert_close(embeds, by_hand(prompts), rtol=0, atol=0)
+        torch.testing.assert_close(negative, by_hand([FIXED.negative]), rtol=0, atol=0)
+    assert embeds.shape == (2, 24, dec.transformer.config.joint_attention_dim)
+    torch.testing.assert_close(alone[0], embeds[0], rtol=1e-5, atol=1e-6)
+    assert (embeds[0, -1] == 0).all()  # padded: zeroed
+
+
+def test_the_negative_alone_is_the_negative_of_a_batch(tiny_models):
+    """RL reads the negative once with no prompt: the same tensor as read with prompts."""
+    enc = load_encoder(tiny_models["encoder"])
+    dec = load_decoder(tiny_models["decoder"], llm_hidden_size=64, projector_hidden_size=32, projector_seed=1)
+    with torch.no_grad():
+        for spec in (FIXED, RELEASE):
+            embeds, negative = condition(enc, dec.projector, [], spec)
+            _, with_prompt = condition(
+                enc, dec.projector, ["a red circle"], spec
+            )  # shorter than the negative
+            assert embeds.shape[0] == 0 and negative.shape[0] == 1
+            torch.testing.assert_close(negative, with_prompt, rtol=1e-5, atol=1e-6)
+
+
+def test_presets_choose_the_conditioning_and_inference_of_the_release():
+    from tests.test_config import PAPER_PATHS
+    from workflow_scripts.config.loader import parse, resolve
+
+    paper = parse(resolve({"preset": "paper", **PAPER_PATHS}))
+    spec = ConditioningSpec.of(paper.models.decoder)
+    assert (spec.mode, spec.role) == ("release", "generate")
+    assert spec.negative == "Generate a random, low quality, ugly, blur, bad and anime, cartoon image."
+    image, caption = paper.inference.image, paper.inference.caption
+    assert (image.resolution, image.steps, image.guidance_scale) == (1024, 40, 5.0)
+    assert (caption.temperature, caption.max_new_tokens) == (0.7, 512)
+    assert caption.content_order == "instruction_first"
+    assert caption.instruction.startswith("You are an expert vision-language model.  \nYour task is:")
+    tiny = parse(resolve({"preset": "tiny"}))
+    assert ConditioningSpec.of(tiny.models.decoder).mode == "fixed_length"
+    with pytest.raises(ConfigError, match=r"models\.decoder\.conditioning.*is not one of"):
+        resolve({"models": {"decoder": {"conditioning": "padded"}}})
+
+
+def test_caption_prompt_puts_the_instruction_where_the_switch_says(tiny_models):
+    enc = load_encoder(tiny_models["encoder"])
+    first = enc.prompt(CaptionPrompt("Describe the image.", instruction_first=True))
+    assert first.index("Describe the image.") < first.index("<|vision_start|>")
+    assert first.startswith("<|im_start|>user\n") and first.endswith("<|im_start|>assistant\n")
+    second = enc.prompt(CaptionPrompt("Describe the image.", instruction_first=False))
+    assert second.index("<|vision_start|>") < second.index("Describe the image.")
+    # SFT trains on the turn the captioner is asked with
+    prompt = CaptionPrompt("Describe.", instruction_first=True)
+    batch = enc.sft_batch(_images(1), ["Two blue squares."], prompt, 16)
+    asked = enc.caption_inputs(_images(1), prompt)["input_ids"][0].tolist()
+    assert batch["input_ids"][0, : len(asked)].tolist() == asked
+    with pytest.raises(TypeError, match="content_order"):
+        enc.prompt("Describe the image.")
 
 
 def test_tiny_decoder_round_trips_and_samples_per_seed(tiny_models, tmp_path):
@@ -72,8 +195,7 @@ def test_tiny_decoder_round_trips_and_samples_per_seed(tiny_models, tmp_path):
     dec.save(tmp_path / "trained", metadata={"test": True})
     again = load_decoder(tmp_path / "trained")
     with torch.no_grad():
-        embeds = dec.projector(*enc.text_states(["a red circle", "a blue star"], "generate", 24))
-        negative = dec.projector(*enc.text_states([""], "generate", 24))
+        embeds, negative = condition(enc, dec.projector, ["a red circle", "a blue star"], FIXED, negative="")
     kwargs = {"steps": 3, "guidance_scale": 4.0, "resolution": 32}
     both = dec.generate(embeds, negative, seeds=[11, 12], **kwargs)
     second = again.generate(embeds[1:], negative, seeds=[12], **kwargs)

@@ -111,10 +111,10 @@ def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):
         assert not {"rl_coldstart", "pretrain_decoder", *upstream} & set(rerun)
         # a generation setting of one benchmark: its shards, scores and the summary; nothing upstream
         assert _rerun(tiny_dag, "--config", "eval={geneval: {resolution: 32}}") == {
-            "eval_generate": 5,  # every system: 4 UAE variants and UniToken
-            "eval_score": 5,
+            "eval_generate": 6,  # every system: 5 UAE variants and UniToken
+            "eval_score": 6,
             "eval_summary": 1,
-            "ingest_eval": 5,
+            "ingest_eval": 6,
             **REPORT,
             "all": 1,
         }

@@ -64,6 +64,10 @@ def workdir_for_paper(tmp_path: Path, stand_ins: bool) -> Path:
     if stand_ins:
         for path in external_paths(example):
             folder = models / path.lstrip("/")
+            if folder.suffix in (".jsonl", ".tsv"):  # a data file (e.g. GenEval++'s items), not a directory
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                folder.write_text("")
+                continue
             (folder / "scheduler").mkdir(parents=True, exist_ok=True)
             for marker in MARKERS:
                 (folder / marker).parent.mkdir(parents=True, exist_ok=True)
@@ -162,12 +166,23 @@ def test_plan_command_prints_each_stages_sbatch_settings(tmp_path, capsys):
     assert command[3:5] == ["--configfile", "paper.example.yaml"]
     assert plan.main(["--configfile", str(REPO / "paper.example.yaml"), "--directory", str(REPO)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^eval_generate +array 0-\d+%64 +1 +1 +1 +12 +125GB +600\b", out, flags=re.M), out
-    assert re.search(r"^pretrain_decoder +1 +8 +8 +8 +12 +1000GB +2880\b", out, flags=re.M), out
+    # job counts come from Snakemake's own dry run: 5 systems x 4 benchmarks, two decoder phases
+    generate = r"^eval_generate +20 x array 0-\d+%64 +- +1 +1 +1 +12 +125GB +600\b"
+    assert re.search(generate, out, flags=re.M), out
+    # each training stage's engine (loop.distributed), from the catalog
+    assert re.search(r"^pretrain_decoder +2 +fsdp +8 +8 +8 +12 +1000GB +2880\b", out, flags=re.M), out
+    assert re.search(r"^pretrain_encoder +1 +deepspeed-zero2 +8 ", out, flags=re.M), out
+    assert re.search(r"^rl_encoder +1 +ddp +8 ", out, flags=re.M), out
+    # scoring with a 72B VLM judge takes a node; the others one GPU
+    assert re.search(r"^eval_score\[bench=geneval_pp\|mmt\] +10 +- +1 +1 +8 ", out, flags=re.M), out
+    assert re.search(r"^eval_score\[bench=geneval\|unified_bench\] +10 +- +1 +1 +1 ", out, flags=re.M), out
+    # and what it will cost, per stage and in total (workflow_scripts/cost)
+    assert re.search(r"^pretrain_decoder\[phase=highres\] +1 +64 .* step +5000 +[\d.]+", out, flags=re.M), out
+    assert re.search(r"^total +[\d.]+$", out, flags=re.M), out
     assert "build_tiny_model" not in out and "unitoken_train" not in out  # not in the paper DAG
     user = plan.user_config([str(REPO / "paper.example.yaml")], ["eval={shards: 3}"], base=None)
     settings = {p.stage: p.settings() for p in plan.plan(user)}
     assert settings["eval_generate"]["gpus-per-node"] == "1" and settings["eval_generate"]["mem"] == "125GB"
     assert settings["eval_judge"]["gpus-per-node"] == "8" and settings["eval_judge"]["mem"] == "1000GB"
     assert "gpus-per-node" not in settings["data_build"] and settings["data_build"]["nodes"] == "1"
-    assert {p.stage: p.jobs for p in plan.plan(user)}["eval_generate"] == "array 0-2%64"
+    assert {p.stage: p.jobs for p in plan.plan(user)}["eval_generate"] == "20 x array 0-2%64"

@@ -34,7 +34,9 @@ def test_warehouse_has_every_table_and_reingesting_adds_nothing(tiny_dag):
     db = tiny_dag / "results" / "umm.duckdb"
     before = _counts(db)
     assert all(before[t] > 0 for t in TABLES), before
-    assert _sql(db, "SELECT count(DISTINCT system) FROM eval_scores WHERE run_id = 'ci'") == [(5,)]
+    assert _sql(db, "SELECT count(DISTINCT system) FROM eval_scores WHERE run_id = 'ci'") == [
+        (6,)
+    ]  # 5 UAE variants + UniToken
     snakemake(
         tiny_dag,
         "all",
@@ -123,11 +125,11 @@ def test_report_numbers_are_the_warehouse_values(tiny_dag):
     for section in SECTIONS:
         assert f'<section id="{section}">' in html
     check_order_and_details(html)
-    assert check_results_table(db, "ci", html) == 4 * 5  # every benchmark x every system
+    assert check_results_table(db, "ci", html) == 4 * 6  # every benchmark x every system
     assert "not comparable" in html  # the tiny preset says so
     index = (tiny_dag / "results/index.html").read_text()
     assert 'href="ci/report/report.html"' in index
-    assert check_index(db, index) == 4 * 5
+    assert check_index(db, index) == 4 * 6
 
 
 def test_snakemake_report_archive(tiny_dag, tmp_path):

@@ -117,18 +117,26 @@ def test_dag_builds_every_ablation_variant(tiny_dag):
         s: json.loads((run / f"selection/{s}.json").read_text())["selected"]
         for s in ("rl_coldstart", "rl_encoder", "rl_decoder_2b", "rl_decoder_2a+2b")
     }
-    expected = {
-        "none": (pretrained, f"{train}/pretrain_decoder_highres/final"),
-        "2a": (selected["rl_encoder"], selected["rl_coldstart"]),
-        "2b": (pretrained, selected["rl_decoder_2b"]),
-        "2a+2b": (selected["rl_encoder"], selected["rl_decoder_2a+2b"]),
+    cold = selected["rl_coldstart"]  # hidden_states mode: the cold start's directory holds both models
+    expected = {  # (captioner, reader, decoder): each variant reads with its captioner (rl.reader)
+        "none": (pretrained, pretrained, f"{train}/pretrain_decoder_highres/final"),
+        "coldstart": (cold, cold, cold),
+        "2a": (selected["rl_encoder"], selected["rl_encoder"], cold),
+        "2b": (cold, cold, selected["rl_decoder_2b"]),
+        "2a+2b": (selected["rl_encoder"], selected["rl_encoder"], selected["rl_decoder_2a+2b"]),
     }
-    for variant, (captioner, decoder) in expected.items():
+    for variant, parts in expected.items():
         record = json.loads((run / f"variants/{variant}.json").read_text())
-        assert (record["captioner"], record["decoder"]) == (captioner, decoder)
-        assert (
-            record["text_encoder"] == pretrained
-        )  # the decoder always reads captions with the pretrained LLM
+        assert (record["captioner"], record["text_encoder"], record["decoder"]) == parts, variant
+        coldstart = "none" if variant == "none" else "hidden_states"
+        assert record["protocol"] == {
+            "reader": "captioner",
+            "coldstart": coldstart,
+            "conditioning": "fixed_length",
+        }
+    # 2a started from the cold start's encoder
+    provenance = json.loads((run / "train/rl_encoder/final/provenance.json").read_text())
+    assert provenance["inputs"]["encoder"]["path"] == cold
     assert selected["rl_encoder"].startswith(f"{train}/rl_encoder/checkpoints/step_")
     # 2a+2b trained on the selected 2a encoder's captions, from the selected cold-start decoder
     provenance = json.loads((run / "train/rl_decoder_2a+2b/final/provenance.json").read_text())
@@ -160,7 +168,9 @@ def test_dag_builds_every_ablation_variant(tiny_dag):
     )
     assert (run / "train/rl_encoder/final/adapter/adapter_config.json").exists()
     cold = read(run / "train/rl_coldstart/final/metrics.jsonl")
-    assert {"sim_clip", "sim_longclip", "sim_dinov2"} <= set(cold[0])
+    assert {k for k in cold[0] if k.startswith("sim_")} == {
+        "sim_clip"
+    }  # rl.coldstart.alphas: the release's CLIP
 
 
 def _encoder_inputs(tiny_dag: Path) -> dict[str, Path]:
@@ -295,6 +305,8 @@ def test_killed_rl_stage_resumes_to_the_same_adapter(tiny_dag, tmp_path):
 
 @pytest.mark.slow
 def test_cold_start_trains_projector_and_dit_adapter_only(tiny_dag):
+    """The decoder side of the (hidden_states) cold start; its encoder is checked by
+    test_hidden_states_cold_start_resumes_to_the_same_pair."""
     from workflow_scripts.models.decoder import load_decoder
 
     run = _source(tiny_dag)
@@ -308,3 +320,322 @@ def test_cold_start_trains_projector_and_dit_adapter_only(tiny_dag):
     ]
     assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out", "add_")) for k in changed)
     assert all(torch.equal(v, after.vae.state_dict()[k]) for k, v in before.vae.state_dict().items())
+
+
+# --- issue 17: one LLM captions and conditions; the cold start trains through hidden states ----------
+
+
+def _rl_cfg(**rl):
+    return parse(resolve({"rl": rl}))
+
+
+def _paths(cfg):
+    from workflow_scripts.dag.rl import RLPaths
+    from workflow_scripts.layout import RunLayout
+
+    return RLPaths(cfg, RunLayout(Path("/run")), "E0", "D0", lambda names: {}, [])
+
+
+def _model_of(stage: str) -> str:
+    return f"<{stage}>"
+
+
+@pytest.mark.parametrize("mode", ["hidden_states", "caption_text"])
+def test_each_variant_reads_with_its_captioner_by_default(mode):
+    rl = _paths(_rl_cfg(coldstart={"mode": mode}, variants=["none", "coldstart", "2a", "2b", "2a+2b"]))
+    start = "<rl_coldstart>" if mode == "hidden_states" else "E0"  # the cold start's encoder, or none
+    expected = {  # (captioner, reader, decoder)
+        "none": ("E0", "E0", "D0"),
+        "coldstart": (start, start, "<rl_coldstart>"),
+        "2a": ("<rl_encoder>", "<rl_encoder>", "<rl_coldstart>"),
+        "2b": (start, start, "<rl_decoder_2b>"),
+        "2a+2b": ("<rl_encoder>", "<rl_encoder>", "<rl_decoder_2a+2b>"),
+    }
+    for variant, parts in expected.items():
+        inputs = rl.variant_inputs(variant, _model_of)
+        assert (inputs["captioner"], inputs["text_encoder"], inputs["decoder"]) == parts, variant
+    assert rl.encoder_inputs(_model_of)["encoder"] == start  # 2a starts from the cold start's encoder
+    assert rl.decoder_inputs("2b", _model_of)["text_encoder"] == start
+    assert rl.decoder_inputs("2a+2b", _model_of)["text_encoder"] == "<rl_encoder>"
+    # selection: the parts left out are the candidate checkpoint itself
+    assert "text_encoder" not in rl.selection_inputs("rl_encoder", _model_of)
+    coldstart = rl.selection_inputs("rl_coldstart", _model_of)
+    if mode == "hidden_states":
+        assert not {"captioner", "text_encoder", "decoder"} & set(coldstart)
+    else:
+        assert (coldstart["captioner"], coldstart["text_encoder"]) == ("E0", "E0")
+    assert rl.selection_inputs("rl_decoder_2a+2b", _model_of)["text_encoder"] == "<rl_encoder>"
+
+
+def test_reader_pretrained_is_the_frozen_encoder_rl_starts_from():
+    rl = _paths(_rl_cfg(reader="pretrained", coldstart={"mode": "caption_text"}))
+    for variant in ("2a", "2b", "2a+2b"):
+        assert rl.variant_inputs(variant, _model_of)["text_encoder"] == "E0"
+    assert rl.selection_inputs("rl_encoder", _model_of)["text_encoder"] == "E0"
+    rl = _paths(_rl_cfg(reader="pretrained", coldstart={"mode": "hidden_states"}))
+    assert rl.variant_inputs("2a", _model_of)["text_encoder"] == "<rl_coldstart>"
+
+
+def test_variant_records_state_reader_and_coldstart(tmp_path):
+    inputs = {p: tmp_path / p for p in ("captioner", "text_encoder", "decoder")}
+    for path in inputs.values():
+        path.mkdir()
+    out = tmp_path / "v.json"
+    command = stage_command(
+        "rl_variant",
+        tmp_path,
+        inputs,
+        wildcards={"variant": "2a"},
+        outputs={"variant": out},
+        launcher={"kind": "inline"},
+        rl={"reader": "pretrained", "coldstart": {"mode": "caption_text"}},
+    )
+    subprocess.run(command, check=True, capture_output=True)
+    assert json.loads(out.read_text())["protocol"] == {
+        "reader": "pretrained",
+        "coldstart": "caption_text",
+        "conditioning": "fixed_length",  # models.decoder.conditioning (tiny)
+    }
+    from workflow_scripts.rl.stage import protocol
+
+    rl = _rl_cfg().rl
+    assert protocol(rl, "2a+2b") == {"reader": "captioner", "coldstart": "hidden_states"}
+    assert protocol(rl, "none") == {"reader": "captioner", "coldstart": "none"}
+    assert protocol(_rl_cfg(coldstart={"enabled": False}).rl, "2b")["coldstart"] == "none"
+
+
+def _records(n: int, size: int = 32):
+    from types import SimpleNamespace
+
+    words = ["a red circle", "a small blue square left of a green triangle", "a star", "two big yellow stars"]
+    return [SimpleNamespace(image=p, caption=words[i % len(words)]) for i, p in enumerate(_pictures(n, size))]
+
+
+def _tiny_pair(tiny_models):
+    from workflow_scripts.models.decoder import load_decoder
+    from workflow_scripts.models.encoder import load_encoder
+
+    encoder = load_encoder(tiny_models["encoder"])
+    decoder = load_decoder(
+        tiny_models["decoder"], llm_hidden_size=64, projector_hidden_size=32, projector_seed=1
+    )
+    return encoder, decoder
+
+
+def _reading(cfg) -> dict:
+    from workflow_scripts.models.conditioning import ConditioningSpec
+    from workflow_scripts.models.encoder import CaptionPrompt
+
+    return {
+        "instruction": CaptionPrompt.of(cfg.inference.caption),
+        "conditioning": ConditioningSpec.of(cfg.models.decoder),
+        "max_text_tokens": cfg.models.decoder.max_text_tokens,
+    }
+
+
+@pytest.mark.parametrize("reader", ["captioner", "pretrained"])
+def test_2a_rollouts_condition_through_the_reader_and_keep_the_adapter_free_reference(tiny_models, reader):
+    """reader 'captioner': the policy's LLM with its adapter conditions the frozen decoder, so a changed
+    adapter changes the conditioning of the same captions; 'pretrained': the adapter-disabled LLM."""
+    from contextlib import nullcontext
+
+    from workflow_scripts.models.conditioning import condition
+    from workflow_scripts.models.encoder import load_encoder
+    from workflow_scripts.rl.common import SampleWriter
+    from workflow_scripts.rl.encoder_rl import EncoderGRPO, completion_logprobs
+    from workflow_scripts.train.batches import BatchPlan
+
+    cfg = _rl_cfg(
+        rewards={"reconstruction": {"weight": 0.0}, "caption_length": {"weight": 1.0, "target_words": 4}},
+        encoder={"max_new_tokens": 12, "reconstruction_steps": 2, "grpo": {"group_size": 2}},
+    )
+    encoder, decoder = _tiny_pair(tiny_models)
+    records = _records(1)
+    task = EncoderGRPO(
+        cfg.rl.encoder,
+        encoder,
+        decoder,
+        RewardModel(cfg.rl.rewards, {}),
+        records,
+        BatchPlan(1, 1, 1, 0),
+        0,
+        samples=SampleWriter(Path("unused"), cfg.rl.encoder.grpo, enabled=False),
+        start=tiny_models["encoder"],
+        reader=reader,
+        **_reading(cfg),
+    )
+    policy = task.trainable()
+    seen = []
+
+    def generate(embeds, negative, **kwargs):
+        seen.append((embeds, negative))
+        return [records[0].image.resize((cfg.rl.encoder.resolution,) * 2)] * len(embeds)
+
+    decoder.generate = generate
+    captions = []
+    task.reward = lambda inputs, reward=task.reward: captions.append(inputs.captions) or reward(inputs)
+
+    def expected(captions):
+        frozen = policy.disable_adapter() if reader == "pretrained" else nullcontext()
+        with torch.no_grad(), frozen:
+            return condition(encoder, decoder.projector, captions, task.conditioning)[0]
+
+    def scale_adapter(factor: float) -> None:
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(factor)
+
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    (first,) = task.micro_batches(0, 0, 1)
+    torch.testing.assert_close(seen[0][0], expected(captions[0]))
+    # the reference's log-probabilities are the adapter-free model's: a fresh load of the start encoder
+    fresh = load_encoder(tiny_models["encoder"]).model
+    torch.testing.assert_close(first.ref_logp, completion_logprobs(fresh, first.inputs, task.cfg.temperature))
+    scale_adapter(-3.0)
+    task._sample(0, 0)
+    torch.testing.assert_close(seen[-1][0], expected(captions[-1]))
+    scale_adapter(-1 / 3)  # the first adapter again: the same captions read as before the change
+    changed = not torch.allclose(seen[-1][0], expected(captions[-1]))
+    assert changed == (reader == "captioner")
+
+
+def _coldstart_task(tiny_models, tiny_backbones, tmp_path=None, **coldstart):
+    from workflow_scripts.rl.coldstart import ColdStart
+    from workflow_scripts.train.batches import BatchPlan
+
+    loop = {"steps": 4, "batch_size": 2, "micro_batch_size": 2, "optim": {"lr": 1e-2}}
+    loop["checkpoint"] = {"every_steps": 2, "keep_last": 2}
+    cfg = _rl_cfg(coldstart={"mode": "hidden_states", "loop": loop, **coldstart})
+    encoder, decoder = _tiny_pair(tiny_models)
+    records = _records(4)
+    metadata = {
+        "conditioning_role": "generate",
+        "max_text_tokens": 64,
+        "llm_hidden_size": 64,
+        "resolution": 32,
+    }
+    return ColdStart(
+        cfg.rl.coldstart,
+        encoder,
+        decoder,
+        {"clip": load_backbone("clip", tiny_backbones / "clip")},
+        {"clip": 1.0},
+        records,
+        BatchPlan(len(records), 2, 2, 0),
+        0,
+        start=tiny_models["decoder"],
+        metadata=metadata,
+        encoder_start=tiny_models["encoder"],
+        **{**_reading(cfg), "max_text_tokens": 64},
+    )
+
+
+def test_hidden_states_cold_start_step_trains_llm_projector_and_dit(tiny_models, tiny_backbones):
+    task = _coldstart_task(tiny_models, tiny_backbones)
+    model = task.trainable()
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    groups = {
+        "llm": [n for n in trained if n.startswith("llm.") and "lora_" in n],
+        "projector": [n for n in trained if n.startswith("projector.")],
+        "dit": [n for n in trained if n.startswith("transformer.") and "lora_" in n],
+    }
+    assert all(groups.values()) and sum(map(len, groups.values())) == len(trained)
+    assert not any("visual" in n for n in trained)  # the vision tower stays frozen
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    optimizer = torch.optim.Adam(trained.values(), lr=1e-3)
+    (batch,) = task.micro_batches(0, 0, 1)
+    loss = task.loss(model, batch, 0)
+    loss = loss[0] if isinstance(loss, tuple) else loss
+    loss.backward()
+    optimizer.step()
+    for group, names in groups.items():
+        assert any(not torch.equal(before[n], trained[n]) for n in names), f"{group} did not change"
+
+
+def test_hidden_states_conditioning_is_the_projected_answer_states_with_the_image(
+    tiny_models, tiny_backbones
+):
+    task = _coldstart_task(tiny_models, tiny_backbones)
+    model = task.trainable()
+    with torch.no_grad():
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    (batch,) = task.micro_batches(0, 0, 1)
+    (chunk,) = task.plan.micro_batches(0, 0, 1)
+    with torch.no_grad():
+        embeds, negative = model.conditioning(batch)
+    encoder, lengths = task.encoder, []
+    for row, sample in enumerate(chunk):
+        record = task.dataset[sample.index]
+        prompt = encoder.processor(
+            text=[encoder.prompt(task.instruction)], images=[record.image], return_tensors="pt"
+        )
+        answer = encoder.tokenizer(record.caption, add_special_tokens=False)["input_ids"] + [
+            encoder.end_of_turn_id
+        ]
+        ids = torch.cat([prompt["input_ids"][0], torch.tensor(answer)])[None]
+        with torch.no_grad():
+            out = model.llm(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                pixel_values=prompt["pixel_values"],
+                image_grid_thw=prompt["image_grid_thw"],
+                mm_token_type_ids=(ids == encoder.image_token_id).int(),
+                output_hidden_states=True,
+            )
+            states = out.hidden_states[-1][:, -len(answer) :]
+            want = model.projector(states, torch.ones(1, len(answer), dtype=torch.long))
+        torch.testing.assert_close(embeds[row, : len(answer)], want[0], rtol=1e-4, atol=1e-5)
+        assert torch.all(embeds[row, len(answer) :] == 0)
+        lengths.append(len(answer))
+    assert len(set(lengths)) > 1 and embeds.shape[1] == max(lengths) == negative.shape[1]
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_hidden_states_cold_start_resumes_to_the_same_pair(tiny_models, tiny_backbones, tmp_path):
+    from workflow_scripts.harness.paths import StagePaths
+    from workflow_scripts.models.encoder import load_encoder
+    from workflow_scripts.train.loop import train
+
+    def run(folder: Path, kill_at: int | None = None):
+        task = _coldstart_task(tiny_models, tiny_backbones)
+        if kill_at is not None:
+            loss = task.loss
+
+            def dying(model, batch, step):
+                if step == kill_at:
+                    raise _Killed
+                return loss(model, batch, step)
+
+            task.loss = dying
+        paths = StagePaths(folder / "checkpoints", folder / "metrics.jsonl", folder / "final")
+        train(task, task.cfg.loop, paths, identity="same")
+
+    run(tmp_path / "whole")
+    with pytest.raises(_Killed):
+        run(tmp_path / "cut", kill_at=3)  # after the checkpoint of step 2
+    assert not (tmp_path / "cut/final").exists()
+    # the checkpoint holds the encoder adapter over its start, loadable as an encoder
+    step2 = tmp_path / "cut/checkpoints/step_00000002/model"
+    assert load_encoder(step2).model is not None
+    run(tmp_path / "cut")
+    for part in ("model.safetensors", "projector/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(tmp_path / "whole/final" / part), load_file(tmp_path / "cut/final" / part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    a = load_file(tmp_path / "whole/final/transformer/diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "cut/final/transformer/diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = load_file(tiny_models["encoder"] / "model.safetensors")
+    final = load_file(tmp_path / "whole/final/model.safetensors")
+    assert any(not torch.equal(start[k], final[k]) for k in start if k in final)  # the encoder trained
+    rows = [r["loss"] for r in read(tmp_path / "whole/metrics.jsonl")]
+    assert rows == [r["loss"] for r in read(tmp_path / "cut/metrics.jsonl")]

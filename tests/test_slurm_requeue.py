@@ -97,6 +97,8 @@ def test_poll_interval_starts_short_and_backs_off_to_the_cap():
     assert interval(60, 30, "slurm") == 6.0  # a tenth of the time waited
     assert interval(3600, 30, "slurm") == 30  # never more than poll_seconds
     assert interval(0, 0.5, "slurm") == 0.5  # nor less when poll_seconds is smaller than the floor
+    # a local poll checks a child process: a 10 s stage is noticed finished within a tenth of a second
+    assert interval(10, 1, "local") == 0.1 and interval(600, 1, "local") == 1
 
 
 def test_local_wait_notices_a_finished_job_within_a_tenth_of_a_second(tmp_path):

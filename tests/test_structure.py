@@ -150,6 +150,28 @@ def test_catalog_views_and_fan_out_read_the_config(tiny_plain):
     assert STAGES["pretrain_decoder"].trained(phase="lowres") == "pretrain_decoder_lowres"
 
 
+def test_every_training_stage_names_its_loop_and_so_its_engine(tiny_plain):
+    """A stage that trains a model says where its LoopConfig is: the plan shows its engine, the cost model
+    its steps. The paper preset's engines are the README's table."""
+    from tests.test_config import PAPER_PATHS
+    from workflow_scripts.config.loader import parse, resolve
+    from workflow_scripts.train.config import LoopConfig
+
+    trains = {n for n, s in STAGES.items() if s.trains} | {"unitoken_vq", "unitoken_train"}
+    assert {n for n, s in STAGES.items() if s.loop} == trains
+    cfg = parse(tiny_plain)
+    wildcards = {"phase": "lowres", "unitoken_stage": "joint", "variant": "2b"}
+    for name in trains:
+        assert isinstance(STAGES[name].loop(cfg, wildcards), LoopConfig), name
+        assert STAGES[name].engine(cfg, wildcards) == "ddp", name  # the tiny preset runs on ddp
+    paper = parse(resolve({"preset": "paper", **PAPER_PATHS}))
+    engines = {
+        n: STAGES[n].engine(paper, wildcards) for n in ("pretrain_encoder", "pretrain_decoder", "rl_encoder")
+    }
+    assert engines == {"pretrain_encoder": "deepspeed-zero2", "pretrain_decoder": "fsdp", "rl_encoder": "ddp"}
+    assert STAGES["data_build"].engine(paper, {}) is None
+
+
 @pytest.fixture
 def tiny_plain():
     from workflow_scripts.config.loader import resolve

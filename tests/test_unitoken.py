@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from workflow_scripts.tiny import unitoken as tiny
 from workflow_scripts.unitoken.model import UniToken
 from workflow_scripts.unitoken.objective import lm_loss
 from workflow_scripts.unitoken.sampling import (
+    AllowedTokens,
     Sampling,
+    drawing_processors,
     guide,
     image_code_mask,
     pick,
@@ -61,21 +64,28 @@ def model(parts):
 def test_sequence_layout_of_a_hand_made_conversation(model):
     layout = model.layout
     ids = layout.ids
-    codes = torch.tensor([[5, 1], [0, 255]])  # a 2x2 grid
+    codes = torch.tensor([[5, 1], [0, 255]])  # a 2x2 grid: one grid (two code rows) each way
     turns = [
         {"from": "human", "value": f"{PLACEHOLDER}\nwhat is this?"},
         {"from": "gpt", "value": "a red circle"},
     ]
     input_ids, labels = layout.encode(turns, [codes])
-    code_tokens = [layout.code_to_token[c] for c in (5, 1, 0, 255)]
+    token = layout.tokenizer.convert_tokens_to_ids
+    one_grid, new_line = token("<reserved08801>"), token("<reserved08799>")
+    c = [layout.code_to_token[n] for n in (5, 1, 0, 255)]
     slots = layout.continuous_slots
     assert slots == (32 // 8) ** 2
     question, answer = layout.text("\nwhat is this?"), layout.text("a red circle")
     expected = [
         ids.bos,
         ids.start_of_image,
-        *code_tokens,  # row-major codes
-        ids.separator,
+        one_grid,  # height, then width, in grids
+        one_grid,
+        *c[:2],
+        new_line,  # each code row ends with the new-line token
+        *c[2:],
+        new_line,
+        ids.separator,  # UniToken's features go after the rows, before the image end
         *[ids.continuous] * slots,
         ids.end_of_image,
         *question,
@@ -84,20 +94,137 @@ def test_sequence_layout_of_a_hand_made_conversation(model):
         ids.end_of_turn,
     ]
     assert input_ids == expected
-    human = 1 + 1 + 4 + 1 + slots + 1 + len(question) + 1
-    assert labels[:human] == [IGNORE] * human  # the human turn, its image included, is context
+    human = 1 + 3 + 6 + 1 + slots + 1 + len(question) + 1
+    separator = 1 + 3 + 6
+    # the human turn, its image included, is context; only the separator is learnt (as released)
+    assert labels[:human] == [ids.separator if n == separator else IGNORE for n in range(human)]
     assert labels[human:] == [*answer, ids.end_of_turn]
     # image codes are tokens of their own, distinct from text and markers
-    assert set(code_tokens).isdisjoint(layout.text("a red circle what is this"))
+    assert set(c).isdisjoint(layout.text("a red circle what is this"))
 
     # an image the model draws is supervised: codes and markers, but never the continuous positions
     draw = [{"from": "human", "value": "draw a star"}, {"from": "gpt", "value": PLACEHOLDER}]
     input_ids, labels = layout.encode(draw, [codes])
     start = input_ids.index(ids.start_of_image)
-    segment = slice(start, start + 4 + slots + 3)
+    segment = slice(start, start + 3 + 6 + 1 + slots + 1)
+    assert input_ids[segment][-1] == ids.end_of_image
     for token, label in zip(input_ids[segment], labels[segment], strict=True):
         assert label == (IGNORE if token == ids.continuous else token)
     assert labels[-1] == ids.end_of_turn
+
+
+class ReleasedVocabulary:
+    """The released Chameleon vocabulary's ids for the names the layout uses (Lumina-mGPT /
+    UniToken): <reserved{n}> is id n + 4 (the release decodes grid tokens as id - 8804 and stops at
+    <reserved08706> = 8710), <eoss> 8196, <racm3:break> 8197, <sentinel:0> 8198, codes 4..8195."""
+
+    unk_token_id = 3
+    fixed: ClassVar[dict[str, int]] = {
+        "<s>": 0,
+        "<pad>": 1,
+        "</s>": 2,
+        "<eoss>": 8196,
+        "<racm3:break>": 8197,
+        "<sentinel:0>": 8198,
+    }
+
+    def convert_tokens_to_ids(self, name: str) -> int:
+        if name in self.fixed:
+            return self.fixed[name]
+        if name == "<image>":
+            return 8711
+        if name.startswith("<reserved"):
+            return int(name.removeprefix("<reserved").removesuffix(">")) + 4
+        return self.unk_token_id
+
+
+def released_layout():
+    from workflow_scripts.unitoken.sequence import Layout, TokenIds
+
+    vocabulary = ReleasedVocabulary()
+    return Layout(vocabulary, TokenIds.of(vocabulary), [4 + c for c in range(8192)], 729)
+
+
+def test_a_512_px_image_in_the_released_layout_at_the_released_ids():
+    layout = released_layout()
+    codes = (torch.arange(32 * 32) * 7 % 8192).view(32, 32)  # a 512-px image: 32 x 32 codes
+    drawn = layout.drawn_segment(codes)
+    assert drawn[0] == 8197 and drawn[-1] == 8196  # <racm3:break> ... <eoss>
+    assert len(drawn) - 2 == 2 + 32 * (32 + 1)  # between start and end
+    assert drawn[1:3] == [8820, 8820]  # 16 grids high, 16 wide: <reserved08816>
+    body = drawn[3:-1]
+    new_lines = [n for n, t in enumerate(body) if t == 8803]  # <reserved08799>
+    assert new_lines == list(range(32, 32 * 33, 33))  # every 33rd token, the last one included
+    assert [t for t in body if t != 8803] == [4 + c for c in codes.flatten().tolist()]
+    # read back: the features follow the rows, before <eoss>
+    read = layout.image_segment(codes)
+    assert read == [*drawn[:-1], 8198, *[8711] * 729, 8196]
+    torch.testing.assert_close(layout.codes_of_drawn(drawn[1:], 32, 32), codes)
+    with pytest.raises(ValueError, match="grid sizes, new-lines or end token"):
+        layout.codes_of_drawn([*drawn[1:-2], 4, 8196], 32, 32)
+    with pytest.raises(ValueError, match="not a whole number of grids"):
+        layout.drawn_segment(torch.zeros(3, 4, dtype=torch.long))
+
+
+def test_the_layout_processor_forces_grid_sizes_new_lines_and_end_and_masks_the_rest():
+    from workflow_scripts.unitoken.sampling import ImageLayoutProcessor
+
+    layout = released_layout()
+    vocab = 8832
+    codes = torch.zeros(vocab, dtype=torch.bool)
+    codes[4:8196] = True
+    processor = ImageLayoutProcessor(layout.ids, (8820, 8820), 32, 32, codes)
+    generator = torch.Generator().manual_seed(0)
+    sequence = [0, 300, 301, 8197]  # <s>, a prompt, <racm3:break>
+    for written in range(2 + 32 * 33 + 1):
+        scores = torch.randn(1, vocab, generator=generator)
+        out = processor(torch.tensor([sequence]), scores)[0]
+        body = written - 2
+        if written < 2:
+            forced = 8820
+        elif body == 32 * 33:
+            forced = 8196
+        elif body % 33 == 32:
+            forced = 8803
+        else:
+            forced = None
+        if forced is None:  # a code position: the scores of codes untouched, everything else -inf
+            assert torch.equal(out[codes], scores[0, codes])
+            assert torch.isinf(out[~codes]).all() and (out[~codes] < 0).all()
+            token = 4 + written % 8192
+        else:
+            assert out[forced] == 0 and torch.isinf(out).sum() == vocab - 1, written
+            token = forced
+        sequence.append(token)
+    # the image is closed: text scores pass unchanged
+    scores = torch.randn(1, vocab, generator=generator)
+    assert torch.equal(processor(torch.tensor([sequence]), scores), scores)
+
+
+def test_guidance_starts_its_unconditional_stream_at_the_image_start_token(model):
+    from workflow_scripts.unitoken.sampling import ImageStartGuidance
+
+    layout = model.layout
+    grid = layout.grid_token(8)
+    prompt = layout.generation_prompt("a red circle", "draw: ")
+    assert prompt[0] == layout.ids.bos and prompt[-1] == layout.ids.start_of_image
+    code = layout.code_to_token[7]
+
+    def last_logits(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            hidden = model.lm.model(input_ids=torch.tensor([ids])).last_hidden_state
+            return model.lm.lm_head(hidden[:, -1]).float()
+
+    guidance = ImageStartGuidance(model, 3.0)
+    cond = torch.randn(1, model.lm.config.vocab_size)
+    # the grid sizes are forced: no guidance before they are written
+    assert torch.equal(guidance(torch.tensor([[*prompt, grid]]), cond), cond)
+    for written in ([grid, grid], [grid, grid, code]):
+        uncond = last_logits([layout.ids.start_of_image, *written])  # no <s>, no prompt
+        guided = guidance(torch.tensor([[*prompt, *written]]), cond)
+        torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-4)
+        with_bos = last_logits([layout.ids.bos, layout.ids.start_of_image, *written])
+        assert not torch.allclose(guided, with_bos + 3.0 * (cond - with_bos), atol=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +290,7 @@ def test_guidance_and_top_k_by_hand():
     assert drawn == {1, 2}
 
 
-def test_generation_samples_only_image_codes_inside_the_image_span(model):
+def test_generation_writes_the_released_layout_and_only_codes_inside_it(model):
     layout = model.layout
     codes = image_code_mask(model)
     with torch.no_grad():  # make text tokens overwhelmingly likely: the restriction must still hold
@@ -172,13 +299,13 @@ def test_generation_samples_only_image_codes_inside_the_image_span(model):
     tokens = sample(
         model,
         layout.generation_prompt("a red circle", "draw: "),
-        codes,
-        Sampling(steps=64, temperature=1.0, top_k=16, cfg_scale=3.0),
+        drawing_processors(model, 8, 8, cfg_scale=3.0),
+        Sampling(steps=layout.drawn_length(8, 8), temperature=1.0, top_k=16),
         seed=0,
-        unconditional=layout.unconditional_prompt(),
     )
-    code_tokens = set(layout.code_to_token)
-    assert len(tokens) == 64 and set(tokens) <= code_tokens
+    grid = layout.codes_of_drawn(tokens, 8, 8)
+    assert tokens == layout.drawn_segment(grid)[1:]  # grid sizes, 8 rows + new-lines, <eoss>
+    assert len(tokens) == 2 + 8 * 9 + 1
     # and a caption never contains an image code even when codes dominate the logits
     with torch.no_grad():
         model.lm.lm_head.weight[codes] *= 1e4
@@ -186,19 +313,28 @@ def test_generation_samples_only_image_codes_inside_the_image_span(model):
     caption = sample(
         model,
         layout.caption_prompt(torch.zeros(8, 8, dtype=torch.long), "describe"),
-        text_mask(model),
+        [AllowedTokens(text_mask(model))],
         Sampling(steps=12, temperature=1.0, stop_token=layout.ids.end_of_turn),
         seed=0,
         pixel_values=pixels,
     )
-    assert caption and not set(caption) & code_tokens
+    assert caption and not set(caption) & set(layout.code_to_token)
 
 
 def test_image_sampling_is_reproducible_per_seed(model):
     layout = model.layout
-    args = (layout.generation_prompt("a star", "draw: "), image_code_mask(model), Sampling(steps=8, top_k=32))
-    assert sample(model, *args, seed=3) == sample(model, *args, seed=3)
-    assert sample(model, *args, seed=3) != sample(model, *args, seed=4)
+
+    def draw(seed: int) -> list[int]:
+        return sample(
+            model,
+            layout.generation_prompt("a star", "draw: "),
+            drawing_processors(model, 8, 8, cfg_scale=1.0),
+            Sampling(steps=12, top_k=32),
+            seed=seed,
+        )
+
+    assert draw(3) == draw(3)
+    assert draw(3) != draw(4)
 
 
 # --- VQ tokenizer -----------------------------------------------------------------------------------

@@ -59,8 +59,8 @@ def _jobs(plain: dict):
         if name == "build_tiny_model" and plain["models"]["source"] != "tiny":
             continue  # no tiny models to build
         values = _wildcard_values(plain)
-        if name == "eval_system":  # the configured systems (variants and UniToken have their own rules)
-            values["system"] = list(plain["eval"]["systems"])
+        # eval_system's wildcard: the configured systems (variants and UniToken have their own rules)
+        values["external"] = list(plain["eval"]["systems"])
         names = stage.wildcards
         for combo in itertools.product(*(values[w] for w in names)):
             yield name, dict(zip(names, combo, strict=True))
@@ -88,7 +88,12 @@ def test_every_view_is_its_paths_and_they_exist_in_the_tiny_ci_and_paper_configs
 
 def test_a_views_paths_are_what_it_reads_conditional_parts_only_when_taken(resolved):
     scope = view_scope(resolved, "pretrain_encoder")
-    assert scope.paths() == ["inference.caption.instruction", "pretrain.encoder", "seed"]
+    assert scope.paths() == [
+        "inference.caption.content_order",
+        "inference.caption.instruction",
+        "pretrain.encoder",
+        "seed",
+    ]
     phase = resolved["pretrain"]["decoder"]["phases"][-1]["name"]
     decoder = view_scope(resolved, "pretrain_decoder", phase=phase)
     last = len(resolved["pretrain"]["decoder"]["phases"]) - 1
@@ -131,7 +136,7 @@ def test_the_guard_reads_lists_mappings_and_methods_through_itself():
             _ = guarded.pretrain.decoder.phases[1].resolution
     system = next(iter(plain["eval"]["systems"]), None)
     if system is not None:
-        scope = view_scope(plain, "eval_system", system=system)
+        scope = view_scope(plain, "eval_system", external=system)
         assert Guard(cfg, scope, "eval_system").eval.systems[system] == cfg.eval.systems[system]
         with pytest.raises(OutsideView, match=r"cfg\.eval\.systems \(its keys\)"):
             list(Guard(cfg, scope, "eval_system").eval.systems)

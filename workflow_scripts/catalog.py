@@ -26,6 +26,7 @@ from typing import Any
 from workflow_scripts.config.loader import digest
 from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.config.scope import Scope, trace
+from workflow_scripts.harness.footprint import Footprint
 
 View = Callable[..., dict[str, Any]]
 
@@ -49,6 +50,10 @@ def _tiny_model(cfg: Mapping[str, Any], component: str) -> dict[str, Any]:
         view["vocabulary"] = {
             k: cfg["data"]["sources"]["synthetic"][k] for k in ("classes", "colors", "textures")
         }
+    if component == "unitoken_lm":
+        # the tokenizer's image-layout tokens (grid sizes, new-line: the released Lumina-mGPT layout);
+        # a new layout rebuilds the tiny LM of an existing run
+        view["image_layout"] = "lumina-mgpt"
     return view
 
 
@@ -71,10 +76,15 @@ def _data_build(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {"seed": cfg["seed"], **{k: data[k] for k in ("filters", "splits", "resolutions", "shard_size")}}
 
 
+def _vae_train(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {"seed": cfg["seed"], "vae": cfg["vae"]}
+
+
 def _pretrain_encoder(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "seed": cfg["seed"],
         "instruction": cfg["inference"]["caption"]["instruction"],
+        "content_order": cfg["inference"]["caption"]["content_order"],  # the caption prompt SFT trains on
         "encoder": cfg["pretrain"]["encoder"],
     }
 
@@ -105,9 +115,11 @@ def _dtype(cfg: Mapping[str, Any]) -> str:
 
 
 def _rl_common(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    caption = cfg["inference"]["caption"]
     return {
         "seed": cfg["seed"],
-        "instruction": cfg["inference"]["caption"]["instruction"],
+        "instruction": caption["instruction"],
+        "content_order": caption["content_order"],  # the caption prompt (models/encoder.py CaptionPrompt)
         "decoder_reading": _decoder_reading(cfg),
         "dtype": _dtype(cfg),
         "rewards": cfg["rl"]["rewards"],
@@ -124,7 +136,7 @@ def _rl_coldstart(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _rl_encoder(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {**_rl_common(cfg), "encoder": cfg["rl"]["encoder"]}
+    return {**_rl_common(cfg), "encoder": cfg["rl"]["encoder"], "reader": cfg["rl"]["reader"]}
 
 
 def _rl_decoder(cfg: Mapping[str, Any], variant: str) -> dict[str, Any]:
@@ -132,13 +144,20 @@ def _rl_decoder(cfg: Mapping[str, Any], variant: str) -> dict[str, Any]:
 
 
 def _rl_variant(cfg: Mapping[str, Any], variant: str) -> dict[str, Any]:
-    return {"variant": variant}
+    coldstart = cfg["rl"]["coldstart"]
+    # what its record's "protocol" states
+    return {
+        "variant": variant,
+        "reader": cfg["rl"]["reader"],
+        **{k: coldstart[k] for k in ("enabled", "mode")},
+        "conditioning": cfg["models"]["decoder"]["conditioning"],
+    }
 
 
 _ITEM_KEYS = {
-    "unified_bench": ("folder", "resolution"),
+    "unified_bench": ("folder", "own_split", "resolution"),
     "geneval": ("items_file", "vocabulary", "prompts_per_task", "seed", "images_per_prompt"),
-    "geneval_pp": ("items_file", "prompts_per_category", "seed", "images_per_prompt"),
+    "geneval_pp": ("items_file", "items_per_tag", "seed"),
     "mmt": ("tsv", "categories", "questions_per_task", "seed", "resolution"),
 }
 _GENERATION_KEYS = {
@@ -154,10 +173,7 @@ def _pick(section: Mapping[str, Any], keys) -> dict[str, Any]:
 
 
 def _eval_items(cfg: Mapping[str, Any], bench: str) -> dict[str, Any]:
-    view = {"seed": cfg["seed"], "bench": bench, **_pick(cfg["eval"][bench], _ITEM_KEYS[bench])}
-    if bench == "geneval_pp":
-        view["vocabulary"] = cfg["eval"]["geneval"]["vocabulary"]
-    return view
+    return {"seed": cfg["seed"], "bench": bench, **_pick(cfg["eval"][bench], _ITEM_KEYS[bench])}
 
 
 def _eval_generate(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, Any]:
@@ -204,16 +220,27 @@ def _eval_score(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, An
     if bench == "unified_bench":
         return {"backbones": cfg["eval"]["unified_bench"]["backbones"], "dtype": _dtype(cfg)}
     if bench == "mmt":
-        return _pick(cfg["eval"]["mmt"], ("circular", "judge_path"))
+        view = _pick(cfg["eval"]["mmt"], ("circular", "judge_path"))
+        if view["judge_path"]:  # the answer judge VLM is loaded in models.dtype
+            view["dtype"] = _dtype(cfg)
+        return view
+    if bench == "geneval_pp":  # a VLM judge (or the shapes world's exact one), no detector
+        return {"judge_path": cfg["eval"]["geneval_pp"]["judge_path"], "dtype": _dtype(cfg)}
     return {"detector": cfg["eval"]["detector"]}
 
 
 def _eval_judge(cfg: Mapping[str, Any], first: str, second: str) -> dict[str, Any]:
-    return _pick(cfg["eval"]["judge"], ("judges", "margin"))
+    view = _pick(cfg["eval"]["judge"], ("judges", "margin"))
+    if any(backend != "scene_graph" for backend in view["judges"].values()):  # a VLM, in models.dtype
+        view["dtype"] = _dtype(cfg)
+    return view
 
 
-def _eval_system(cfg: Mapping[str, Any], system: str) -> dict[str, Any]:
-    return {"system": cfg["eval"]["systems"][system]}
+def _eval_system(cfg: Mapping[str, Any], external: str) -> dict[str, Any]:
+    spec = cfg["eval"]["systems"][external]  # the rule's wildcard names only configured systems
+    if spec.get("kind") == "uae-release":  # conditioned as the release is, whatever models.decoder says
+        return {"system": spec}
+    return {"system": spec, "conditioning": cfg["models"]["decoder"]["conditioning"]}
 
 
 def _eval_summary(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,6 +262,7 @@ def _report_dag(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What shapes the rule graph: which stages, variants and benchmarks exist."""
     return {
         "sources": [s for s, c in cfg["data"]["sources"].items() if c["enabled"]],
+        "vae": cfg["vae"]["enabled"] and cfg["models"]["source"] == "tiny",
         "phases": [p["name"] for p in cfg["pretrain"]["decoder"]["phases"]],
         "coldstart": cfg["rl"]["coldstart"]["enabled"],
         "variants": cfg["rl"]["variants"],
@@ -247,6 +275,18 @@ def _report_dag(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _named(items, name: str):
+    (found,) = [item for item in items if item.name == name]
+    return found
+
+
+def _scoring_footprint(cfg: UmmConfig, wildcards: Mapping[str, str]) -> Footprint:
+    """Scoring runs on one GPU, except a benchmark judged by a local VLM (GenEval++'s judge, MMT's answer
+    judge: 72B at the paper preset), which loads it over one node's GPUs."""
+    judges = {"geneval_pp": cfg.eval.geneval_pp.judge_path, "mmt": cfg.eval.mmt.judge_path}
+    return Footprint.NODE if judges.get(wildcards.get("bench", "")) else Footprint.GPU
+
+
 @dataclass(frozen=True)
 class Stage:
     view: View  # (resolved config, **wildcards) -> the config values the stage reads
@@ -256,6 +296,26 @@ class Stage:
     # the folder under train/ of the model it trains and the warehouse records with its provenance
     # ("{wildcard}" placeholders filled from the job's wildcards); None: no such model
     trains: str | None = None
+    # the shape of its job on the cluster launcher.defaults describes, from one process to every GPU; or
+    # (config, wildcards) -> that shape, for a stage whose jobs differ
+    footprint: Footprint | Callable[[UmmConfig, Mapping[str, str]], Footprint] = Footprint.CLUSTER
+    # (config, wildcards) -> the LoopConfig a training stage runs (its steps, batch and engine)
+    loop: Callable[[UmmConfig, Mapping[str, str]], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.run is None and self.footprint is not Footprint.CLUSTER:
+            raise ValueError("a DAG-only stage (run=None) runs no job and has no footprint")
+
+    def engine(self, cfg: UmmConfig, wildcards: Mapping[str, str]) -> str | None:
+        """How a training stage's job wraps its model ("ddp", "fsdp", "deepspeed-zero2", ...); None for a
+        stage that trains nothing."""
+        if self.loop is None:
+            return None
+        loop = self.loop(cfg, wildcards)
+        return f"deepspeed-zero{loop.zero_stage}" if loop.distributed == "deepspeed" else loop.distributed
+
+    def footprint_of(self, cfg: UmmConfig, wildcards: Mapping[str, str]) -> Footprint:
+        return self.footprint if isinstance(self.footprint, Footprint) else self.footprint(cfg, wildcards)
 
     @property
     def wildcards(self) -> list[str]:
@@ -267,46 +327,106 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
-    "build_tiny_model": Stage(_tiny_model, "workflow_scripts.tiny.stage:build_tiny_model"),
-    "data_collect": Stage(_data_collect, "workflow_scripts.data.stage:collect"),
+    # footprints: PROCESS one process, no GPU; GPU one GPU; NODE one node's GPUs in one process;
+    # NODE_EACH that on every node; CLUSTER every GPU of every node (launcher.defaults)
+    "build_tiny_model": Stage(
+        _tiny_model, "workflow_scripts.tiny.stage:build_tiny_model", footprint=Footprint.PROCESS
+    ),
+    "data_collect": Stage(_data_collect, "workflow_scripts.data.stage:collect", footprint=Footprint.PROCESS),
     "data_caption": Stage(
         _data_caption,
         "workflow_scripts.data.stage:caption",
         gather="workflow_scripts.data.stage:gather_captions",
+        footprint=Footprint.NODE_EACH,  # a 78B captioner spans a node's GPUs; the images split over nodes
     ),
-    "data_build": Stage(_data_build, "workflow_scripts.data.stage:build"),
+    "data_build": Stage(_data_build, "workflow_scripts.data.stage:build", footprint=Footprint.PROCESS),
+    "vae_train": Stage(
+        _vae_train,
+        "workflow_scripts.vae.stage:train_vae",
+        trains="vae_train",
+        footprint=Footprint.GPU,
+        loop=lambda cfg, w: cfg.vae.loop,
+    ),
     "pretrain_encoder": Stage(
-        _pretrain_encoder, "workflow_scripts.pretrain.encoder_sft:run", trains="pretrain_encoder"
+        _pretrain_encoder,
+        "workflow_scripts.pretrain.encoder_sft:run",
+        trains="pretrain_encoder",
+        footprint=Footprint.CLUSTER,
+        loop=lambda cfg, w: cfg.pretrain.encoder.loop,
     ),
     "pretrain_decoder": Stage(
-        _pretrain_decoder, "workflow_scripts.pretrain.decoder_flow:run", trains="pretrain_decoder_{phase}"
+        _pretrain_decoder,
+        "workflow_scripts.pretrain.decoder_flow:run",
+        trains="pretrain_decoder_{phase}",
+        footprint=Footprint.CLUSTER,
+        loop=lambda cfg, w: _named(cfg.pretrain.decoder.phases, w["phase"]).loop,
     ),
-    "data_rl_select": Stage(_data_rl_select, "workflow_scripts.data.stage:rl_select"),
-    "rl_coldstart": Stage(_rl_coldstart, "workflow_scripts.rl.stage:coldstart", trains="rl_coldstart"),
-    "rl_encoder": Stage(_rl_encoder, "workflow_scripts.rl.stage:encoder", trains="rl_encoder"),
-    "rl_decoder": Stage(_rl_decoder, "workflow_scripts.rl.stage:decoder", trains="rl_decoder_{variant}"),
-    "rl_variant": Stage(_rl_variant, "workflow_scripts.rl.stage:variant"),
-    "select_checkpoint": Stage(_select_checkpoint, "workflow_scripts.eval.stage:select_checkpoint"),
-    "eval_items": Stage(_eval_items, "workflow_scripts.eval.stage:eval_items"),
-    "eval_system": Stage(_eval_system, "workflow_scripts.eval.stage:eval_system"),
+    "data_rl_select": Stage(
+        _data_rl_select, "workflow_scripts.data.stage:rl_select", footprint=Footprint.PROCESS
+    ),
+    "rl_coldstart": Stage(
+        _rl_coldstart,
+        "workflow_scripts.rl.stage:coldstart",
+        trains="rl_coldstart",
+        footprint=Footprint.CLUSTER,
+        loop=lambda cfg, w: cfg.rl.coldstart.loop,
+    ),
+    "rl_encoder": Stage(
+        _rl_encoder,
+        "workflow_scripts.rl.stage:encoder",
+        trains="rl_encoder",
+        footprint=Footprint.CLUSTER,
+        loop=lambda cfg, w: cfg.rl.encoder.loop,
+    ),
+    "rl_decoder": Stage(
+        _rl_decoder,
+        "workflow_scripts.rl.stage:decoder",
+        trains="rl_decoder_{variant}",
+        footprint=Footprint.CLUSTER,
+        loop=lambda cfg, w: cfg.rl.decoder.loop,
+    ),
+    "rl_variant": Stage(_rl_variant, "workflow_scripts.rl.stage:variant", footprint=Footprint.PROCESS),
+    "select_checkpoint": Stage(
+        _select_checkpoint, "workflow_scripts.eval.stage:select_checkpoint", footprint=Footprint.GPU
+    ),
+    "eval_items": Stage(_eval_items, "workflow_scripts.eval.stage:eval_items", footprint=Footprint.PROCESS),
+    "eval_system": Stage(
+        _eval_system, "workflow_scripts.eval.stage:eval_system", footprint=Footprint.PROCESS
+    ),
     "eval_generate": Stage(
         _eval_generate,
         "workflow_scripts.eval.stage:eval_generate",
         gather="workflow_scripts.eval.stage:gather_generated",
         array=lambda cfg: cfg.eval.shards,  # one element per shard
+        footprint=Footprint.GPU,
     ),
-    "eval_score": Stage(_eval_score, "workflow_scripts.eval.stage:eval_score"),
-    "eval_judge": Stage(_eval_judge, "workflow_scripts.eval.stage:eval_judge"),
-    "eval_summary": Stage(_eval_summary, "workflow_scripts.eval.stage:eval_summary"),
-    "unitoken_vq": Stage(_unitoken_vq, "workflow_scripts.unitoken.stage:train_vq"),
+    "eval_score": Stage(_eval_score, "workflow_scripts.eval.stage:eval_score", footprint=_scoring_footprint),
+    "eval_judge": Stage(_eval_judge, "workflow_scripts.eval.stage:eval_judge", footprint=Footprint.NODE),
+    "eval_summary": Stage(
+        _eval_summary, "workflow_scripts.eval.stage:eval_summary", footprint=Footprint.PROCESS
+    ),
+    "unitoken_vq": Stage(
+        _unitoken_vq,
+        "workflow_scripts.unitoken.stage:train_vq",
+        footprint=Footprint.GPU,
+        loop=lambda cfg, w: cfg.unitoken.vq_train.loop,
+    ),
     "unitoken_pretokenize": Stage(
         _unitoken_pretokenize,
         "workflow_scripts.unitoken.stage:pretokenize",
         gather="workflow_scripts.unitoken.stage:gather_pretokenized",
         array=lambda cfg: cfg.unitoken.pretokenize.shards,  # one element per token shard
+        footprint=Footprint.GPU,
     ),
-    "unitoken_train": Stage(_unitoken_train, "workflow_scripts.unitoken.stage:train_stage"),
-    "unitoken_system": Stage(_unitoken_system, "workflow_scripts.unitoken.stage:unitoken_system"),
+    "unitoken_train": Stage(
+        _unitoken_train,
+        "workflow_scripts.unitoken.stage:train_stage",
+        footprint=Footprint.CLUSTER,
+        loop=lambda cfg, w: _named(cfg.unitoken.stages, w["unitoken_stage"]).loop,
+    ),
+    "unitoken_system": Stage(
+        _unitoken_system, "workflow_scripts.unitoken.stage:unitoken_system", footprint=Footprint.PROCESS
+    ),
     "report_dag": Stage(_report_dag),
 }
 JOBS = [name for name, stage in STAGES.items() if stage.run]  # what the launcher runs, in run order
@@ -339,6 +459,12 @@ def view_scope(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> Scope:
     """The config paths a stage's view covers: exactly what its view function reads (``config/scope.py``)."""
     stage_view(cfg, stage, **wildcards)  # the same error for an unknown stage
     return trace(STAGES[stage].view, cfg, **wildcards)[1]
+
+
+def resources(cfg: UmmConfig, stage: str, wildcards: Mapping[str, str] | None = None):
+    """What one job of ``stage`` (with these wildcards) asks the scheduler for (``launch.config.Resources``):
+    its footprint on the configured cluster, then its ``launcher.stages`` entry."""
+    return cfg.launcher.resources(stage, STAGES[stage].footprint_of(cfg, wildcards or {}))
 
 
 def stage_hash(cfg: Mapping[str, Any], stage: str, **wildcards: str) -> str:

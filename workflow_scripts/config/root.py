@@ -14,6 +14,7 @@ from workflow_scripts.models.config import ModelsConfig
 from workflow_scripts.pretrain.config import PretrainConfig
 from workflow_scripts.rl.config import RLConfig
 from workflow_scripts.unitoken.config import UniTokenConfig
+from workflow_scripts.vae.config import VAETrainConfig
 
 # Names that become one path component (results/<run_name>/, train/<stage>_<phase>/, a
 # Snakemake wildcard value) and a word of every rule's shell command: a slug, so no name can split a
@@ -48,6 +49,7 @@ class UmmConfig:
     models: ModelsConfig = doc("Encoder and decoder.")
     data: DataConfig = doc("Long-caption dataset build.")
     inference: InferenceConfig = doc("Sampling settings.")
+    vae: VAETrainConfig = doc("The tiny decoder's autoencoder, trained before decoder pretraining.")
     pretrain: PretrainConfig = doc("Stage 1: encoder SFT and decoder pretraining.")
     rl: RLConfig = doc("Stage 2: Unified-GRPO (cold start, 2a, 2b) and the ablation variants.")
     eval: EvalConfig = doc("Benchmarks (Tables 1-5), the ablation and checkpoint selection.")
@@ -65,6 +67,8 @@ class UmmConfig:
         }
         for phase in self.pretrain.decoder.phases:
             readers[f"pretrain.decoder phase '{phase.name}'"] = phase.resolution
+        if self.trains_vae:
+            readers["vae"] = self.vae.resolution
         available = list(self.data.resolutions)
         if self.unitoken.enabled:
             if self.models.source == "tiny":  # the tokenizer reads data shards at its own resolution
@@ -86,6 +90,11 @@ class UmmConfig:
         for key, resolution in readers.items():
             if resolution not in available:
                 raise ValueError(f"{key} resolution {resolution} is not one of data.resolutions {available}")
+
+    @property
+    def trains_vae(self) -> bool:
+        """Whether the DAG trains the decoder's VAE: the tiny one only (a published VAE is used as is)."""
+        return self.vae.enabled and self.models.source == "tiny"
 
     def _check_names(self) -> None:
         check_slug("run_name", self.run_name)

@@ -47,7 +47,7 @@ class EvalPaths:
         }
         if bench == "unified_bench":
             inputs.update(self.backbone_inputs(self.backbones))
-        elif bench in ("geneval", "geneval_pp") and self.cfg.eval.detector.color == "clip":
+        elif bench == "geneval" and self.cfg.eval.detector.color == "clip":
             inputs.update(self.backbone_inputs(["clip"]))
         return inputs
 
@@ -70,6 +70,23 @@ class EvalPaths:
     def targets(self) -> list[str]:
         return [str(self.layout.eval_summary)] if self.benchmarks else []
 
+    @staticmethod
+    def _check_shapes_judge(items_file: str) -> None:
+        """Before any image is drawn: items the shapes-world judge (judge_path null) cannot judge stop the
+        plan, instead of the scoring after every system has generated them."""
+        from workflow_scripts.eval.geneval_pp import outside_shapes_world
+
+        try:
+            unknown = outside_shapes_world(items_file)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if unknown:
+            raise ConfigError(
+                f"config key 'eval.geneval_pp.judge_path': null judges with the shapes-world judge, which "
+                f"cannot judge {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} of {items_file}: "
+                "set it to a local VLM directory (paper: Qwen2.5-VL-72B-Instruct)"
+            )
+
     def check_paths(self) -> None:
         ev = self.cfg.eval
         for key, path in (
@@ -83,9 +100,12 @@ class EvalPaths:
             raise ConfigError(
                 f"config key 'eval.unified_bench.folder': {ev.unified_bench.folder} is not a directory"
             )
-        generation = {"geneval", "geneval_pp"} & set(self.benchmarks)
-        if generation and ev.detector.kind == "transformers":
+        if "geneval" in self.benchmarks and ev.detector.kind in ("mask2former", "transformers"):
             require_model_dir(ev.detector.path, "eval.detector.path")
+        if ev.geneval_pp.judge_path and "geneval_pp" in self.benchmarks:  # GenEval++ needs no detector
+            require_model_dir(ev.geneval_pp.judge_path, "eval.geneval_pp.judge_path")
+        elif ev.geneval_pp.items_file and "geneval_pp" in self.benchmarks:
+            self._check_shapes_judge(ev.geneval_pp.items_file)
         if self.judge_pairs:  # a judge is a backend name or a local VLM directory
             for name, backend in ev.judge.judges.items():
                 if backend != "scene_graph":
@@ -93,6 +113,10 @@ class EvalPaths:
         if ev.mmt.judge_path and "mmt" in self.benchmarks:
             require_model_dir(ev.mmt.judge_path, "eval.mmt.judge_path")
         for name, system in ev.systems.items():
+            if system.kind == "uae-release":
+                from workflow_scripts.models.release import check_layout
+
+                check_layout(system.path, f"eval.systems.{name}.path")
             for part in ("captioner", "text_encoder", "decoder"):
                 path = getattr(system, part)
                 if path and not Path(path).is_dir():

@@ -36,14 +36,29 @@ class RLPaths:
 
     @property
     def reward_backbones(self) -> list[str]:
-        """Backbones the RL reward weights (when any RL stage runs)."""
+        """Backbones the RL reward and the cold start's loss weight (when any RL stage runs)."""
         rewards = self.cfg.rl.rewards
-        if not (rewards.reconstruction.weight and self.variants_need_training):
+        if not self.variants_need_training:
             return []
-        return [b for b in BACKBONES if b in rewards.reconstruction.alphas]
+        used = set(rewards.reconstruction.alphas) if rewards.reconstruction.weight else set()
+        if "rl_coldstart" in self.stages:
+            used |= set(self.cfg.rl.coldstart.alphas)
+        return [b for b in BACKBONES if b in used]
 
     def reward_inputs(self) -> dict[str, str]:
-        return self.backbone_inputs(self.reward_backbones)
+        """The reward backbones of Stage 2a / 2b."""
+        rewards = self.cfg.rl.rewards
+        names = rewards.reconstruction.alphas if rewards.reconstruction.weight else {}
+        return self.backbone_inputs([b for b in BACKBONES if b in names])
+
+    def coldstart_inputs(self) -> dict[str, str]:
+        """The backbones of the cold start's loss, the pretrained pair and the RL split."""
+        return {
+            **self.backbone_inputs([b for b in BACKBONES if b in self.cfg.rl.coldstart.alphas]),
+            "encoder": self.pretrained_encoder,
+            "decoder": self.pretrained_decoder,
+            "rl_data": str(self.layout.rl_data),
+        }
 
     @property
     def stages(self) -> list[str]:
@@ -61,8 +76,22 @@ class RLPaths:
         """RL's decoder: the cold start's when it runs, else the pretrained one."""
         return model_of("rl_coldstart") if self.cfg.rl.coldstart.enabled else self.pretrained_decoder
 
+    def encoder_start(self, model_of: ModelOf) -> str:
+        """RL's encoder: the cold start's when it trains one (hidden_states mode; its directory holds the
+        encoder beside the decoder), else the pretrained one."""
+        return model_of("rl_coldstart") if self.cfg.rl.coldstart.trains_encoder else self.pretrained_encoder
+
     def captioner(self, variant: str, model_of: ModelOf) -> str:
-        return model_of("rl_encoder") if variant in ("2a", "2a+2b") else self.pretrained_encoder
+        if variant in ("2a", "2a+2b"):
+            return model_of("rl_encoder")
+        return self.pretrained_encoder if variant == "none" else self.encoder_start(model_of)
+
+    def reader(self, variant: str, model_of: ModelOf) -> str:
+        """The LLM a variant's decoder reads prompts with: its captioner (``rl.reader: captioner``, the
+        release's one LLM), or the frozen encoder RL starts from (``pretrained``, the ablation)."""
+        if variant == "none" or self.cfg.rl.reader == "captioner":
+            return self.captioner(variant, model_of)
+        return self.encoder_start(model_of)
 
     def _tracked(self, model_of: ModelOf) -> tuple[ModelOf, Callable[[dict[str, str]], dict[str, str]]]:
         """``model_of`` plus a finisher that adds the selection record of every stage it was asked for:
@@ -83,12 +112,11 @@ class RLPaths:
 
     def encoder_inputs(self, model_of: ModelOf) -> dict[str, str]:
         of, finish = self._tracked(model_of)
-        decoder = self.decoder_start(of)
         return finish(
             {
                 **self.reward_inputs(),
-                "encoder": self.pretrained_encoder,
-                "decoder": decoder,
+                "encoder": self.encoder_start(of),
+                "decoder": self.decoder_start(of),
                 "rl_data": str(self.layout.rl_data),
             }
         )
@@ -97,7 +125,7 @@ class RLPaths:
         of, finish = self._tracked(model_of)
         parts = {
             "captioner": self.captioner(variant, of),
-            "text_encoder": self.pretrained_encoder,
+            "text_encoder": self.reader(variant, of),
             "decoder": self.decoder_start(of),
         }
         return finish({**self.reward_inputs(), **parts, "rl_data": str(self.layout.rl_data)})
@@ -111,24 +139,35 @@ class RLPaths:
             decoder = self.decoder_start(of)
         else:
             decoder = of(rl_decoder_stage(variant))
-        captioner = self.captioner(variant, of)
-        return finish({"captioner": captioner, "text_encoder": self.pretrained_encoder, "decoder": decoder})
+        return finish(
+            {
+                "captioner": self.captioner(variant, of),
+                "text_encoder": self.reader(variant, of),
+                "decoder": decoder,
+            }
+        )
 
     def selection_inputs(self, stage: str, model_of: ModelOf) -> dict[str, str]:
         """What scoring a stage's checkpoints needs: the stage's export (it must be done), the val split,
-        the Unified-Bench backbones, and the partner models the stage trained against."""
+        the Unified-Bench backbones, and the partner models the stage trained against. A part of the
+        (captioner, text_encoder, decoder) triple left out is the candidate checkpoint itself."""
         of, finish = self._tracked(model_of)
         inputs = {
             "final": str(self.layout.final(stage)),
             "shards": str(self.layout.shards),
             **self.backbone_inputs(self.eval_backbones),
-            "text_encoder": self.pretrained_encoder,
         }
         if stage == "rl_encoder":
             inputs["decoder"] = self.decoder_start(of)
+            if self.cfg.rl.reader != "captioner":
+                inputs["text_encoder"] = self.encoder_start(of)
+        elif stage == "rl_coldstart":
+            if not self.cfg.rl.coldstart.trains_encoder:  # else the candidate is the whole pair
+                inputs["captioner"] = inputs["text_encoder"] = self.pretrained_encoder
         else:
-            variant = stage.removeprefix("rl_decoder_") if stage.startswith("rl_decoder_") else "coldstart"
+            variant = stage.removeprefix("rl_decoder_")
             inputs["captioner"] = self.captioner(variant, of)
+            inputs["text_encoder"] = self.reader(variant, of)
         return finish(inputs)
 
     @staticmethod

@@ -18,7 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from workflow_scripts import atomic
-from workflow_scripts.catalog import decoder_stage, stage_hash
+from workflow_scripts.catalog import decoder_stage, resources, stage_hash
 from workflow_scripts.config.loader import digest, parse, resolve
 from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.config.typed import ConfigError
@@ -168,6 +168,8 @@ class Run:
 
     def base_model(self, component: str) -> str:
         """A published model's directory: the tiny build or the configured local path."""
+        if component == "decoder" and self.cfg.trains_vae:
+            return str(self.layout.final("vae_train"))  # the tiny decoder with its VAE trained
         if self.cfg.models.source == "tiny":
             return str(self.layout.tiny_model(component))
         models = self.cfg.models
@@ -188,7 +190,9 @@ class Run:
         unitoken = [f"unitoken_{s}" for s in self.unitoken.stages]
         if unitoken and self.cfg.models.source == "tiny":
             unitoken.insert(0, "unitoken_vq")
-        return ["pretrain_encoder", *(decoder_stage(p) for p in self.phases), *self.rl.stages, *unitoken]
+        vae = ["vae_train"] if self.cfg.trains_vae else []
+        decoder = [decoder_stage(p) for p in self.phases]
+        return [*vae, "pretrain_encoder", *decoder, *self.rl.stages, *unitoken]
 
     def caption_models(self, source: str) -> dict[str, str]:
         captioning = self.cfg.data.captioning
@@ -230,7 +234,7 @@ class Run:
         """Cores a rule occupies on the machine running Snakemake (its job's, when the job runs here)."""
         if self.cfg.launcher.kind == "slurm":
             return 1
-        res = self.cfg.launcher.resources(stage)
+        res = resources(self.cfg, stage)
         return res.cpus_per_task * res.tasks_per_node
 
     def data_targets(self) -> list[str]:

@@ -57,13 +57,17 @@ class VLMDrafter:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from workflow_scripts.harness.device import place, spread_device_map
         from workflow_scripts.models.paths import require_model_dir
 
         path = require_model_dir(cfg.path, "data.captioning.draft_model.path")
         self.cfg, self.seed, self.device = cfg, seed, device
         self.processor = AutoProcessor.from_pretrained(path)
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+        spread = spread_device_map()  # a 78B drafter spans the node's GPUs (data_caption: one task a node)
+        self.model = place(
+            AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=spread), device
+        )
 
     def __call__(self, items: Sequence[dict]) -> list[Caption]:
         import torch
@@ -90,7 +94,7 @@ class VLMDrafter:
                     images=[decoded[i].image for i in ok],
                     return_tensors="pt",
                     padding=True,
-                ).to(self.device)
+                ).to(self.model.device)
                 torch.manual_seed(self.seed + start)
                 with torch.no_grad():
                     generated = self.model.generate(**inputs, **_sampling(self.cfg))
@@ -114,13 +118,15 @@ class LLMRefiner:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from workflow_scripts.harness.device import place, spread_device_map
         from workflow_scripts.models.paths import require_model_dir
 
         path = require_model_dir(cfg.path, "data.captioning.refine_model.path")
         self.cfg, self.seed, self.device = cfg, seed, device
         self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        spread = spread_device_map()
+        self.model = place(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=spread), device)
 
     def __call__(self, drafts: Sequence[Caption]) -> list[Caption]:
         import torch
@@ -137,7 +143,7 @@ class LLMRefiner:
                 )
                 for i in index
             ]
-            inputs = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+            inputs = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.model.device)
             torch.manual_seed(self.seed + start)
             with torch.no_grad():
                 generated = self.model.generate(**inputs, **_sampling(self.cfg))

@@ -12,34 +12,75 @@ BENCHMARKS = ("unified_bench", "geneval", "geneval_pp", "mmt")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ExternalSystemConfig:
-    """A baseline given by paths: any encoder directory and/or decoder directory."""
+    """A baseline given by paths (any encoder and/or decoder directory) or a UAE release checkpoint."""
 
-    captioner: str | None = doc(
-        "Encoder (Qwen2.5-VL layout) that captions and answers; null: generation only."
+    kind: Literal["paths", "uae-release"] = doc(
+        "'paths': the three directories below; 'uae-release': a release checkpoint directory (path) "
+        "holding llm, llm_lora, llm_model_preprocessor, dit, dit_lora and SD3_model, whose one LoRA LLM "
+        "captions and conditions the decoder with the release's conditioning.",
+        default="paths",
     )
-    text_encoder: str | None = doc("LLM directory the decoder reads prompts with (usually the captioner).")
-    decoder: str | None = doc("Trained decoder directory (uae_decoder.json); null: understanding only.")
+    path: str | None = doc(
+        "Release checkpoint directory (kind 'uae-release'; the release's Checkpoints/).", default=None
+    )
+    captioner: str | None = doc(
+        "Encoder (Qwen2.5-VL layout) that captions and answers; null: generation only.", default=None
+    )
+    text_encoder: str | None = doc(
+        "LLM directory the decoder reads prompts with (usually the captioner).", default=None
+    )
+    decoder: str | None = doc(
+        "Trained decoder directory (uae_decoder.json); null: understanding only.", default=None
+    )
+
+    def __post_init__(self) -> None:
+        parts = [p for p in ("captioner", "text_encoder", "decoder") if getattr(self, p)]
+        if self.kind == "uae-release" and (not self.path or parts):
+            raise ValueError(
+                "kind 'uae-release' takes path (the release's Checkpoints/ directory) and no "
+                f"captioner/text_encoder/decoder (set: {', '.join(parts) or 'none'}; path: {self.path})"
+            )
+        if self.kind == "paths" and self.path:
+            raise ValueError("path is for kind 'uae-release'; a 'paths' system names captioner/decoder")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UnifiedBenchConfig:
     enabled: bool = doc("Run Unified-Bench (Table 1).")
     folder: str | None = doc(
-        "Folder of bench images instead of the data build's bench split (paper: 100 images)."
+        "The release's fixed image folder (UniBench/Image, 100 images): items are keyed by file name and "
+        "read upright (EXIF orientation applied); null only with own_split."
+    )
+    own_split: bool = doc(
+        "With folder null: score the data build's bench split instead of the official images (the report "
+        "marks such a run 'not the official image set'; tiny preset: true). A set folder always wins."
     )
     resolution: int = doc("Redraw side in pixels.")
     backbones: list[str] = doc(
         "Similarity backbones (paper: clip, longclip, dinov2, dinov3); Overall = their mean."
     )
 
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if self.folder is None and not self.own_split:
+            raise ValueError(
+                "folder is not set: point eval.unified_bench.folder at the release's 100 images "
+                '(UniBench/Image), e.g. --config eval="{unified_bench: {folder: /data/UniBench/Image}}", '
+                "or set eval.unified_bench.own_split: true to score the data build's bench split "
+                "(not the official image set)"
+            )
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DetectorConfig:
-    kind: Literal["shapes", "transformers"] = doc(
-        "'shapes': exact detector of the procedural shapes world (tiny preset); 'transformers': an object "
-        "detection model (AutoModelForObjectDetection) from a local path."
+    kind: Literal["shapes", "mask2former", "transformers"] = doc(
+        "'shapes': exact detector of the procedural shapes world (tiny preset); 'mask2former': GenEval's "
+        "official kind, a COCO instance-segmentation Mask2FormerForUniversalSegmentation (boxes + masks; "
+        "paper preset); 'transformers': any box-only AutoModelForObjectDetection (the report flags it: "
+        "colours are then read on box crops, not masks)."
     )
-    path: str | None = doc("Detector directory (kind 'transformers').")
+    path: str | None = doc("Detector directory in transformers layout (kinds 'mask2former', 'transformers').")
     color: Literal["palette", "clip"] = doc(
         "Object colour: nearest of the ten colours to the object's dominant pixels ('palette'), or GenEval's "
         "CLIP zero-shot classification of the crop (uses models.reward.clip; official: ViT-L-14 OpenAI)."
@@ -67,12 +108,18 @@ class GenEvalConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GenEvalPPConfig:
-    enabled: bool = doc("Run GenEval++ (Table 3).")
-    items_file: str | None = doc("A GenEval++ metadata file in GenEval's format; null: build items.")
-    prompts_per_category: int = doc("Prompts per category (color, count, color_count, position_count).")
-    seed: int = doc("Recipe seed.")
-    images_per_prompt: int = doc("Images generated per prompt.")
+    enabled: bool = doc("Run GenEval++ (Table 3; Echo-4o's VLM-judged benchmark, one image per item).")
+    items_file: str | None = doc(
+        "The official Geneval++.jsonl (Echo-4o test_scripts/, 280 lines, 7 tags x 40); null: write "
+        "items in the same format from the shapes world (tiny preset)."
+    )
+    items_per_tag: int = doc("Shapes-world items written per tag when items_file is null.")
+    seed: int = doc("Seed of the shapes-world items (generation seeds come from the run seed).")
     resolution: int = doc("Generated side in pixels.")
+    judge_path: str | None = doc(
+        "Local Qwen2.5-VL directory that judges each image (paper: Qwen2.5-VL-72B-Instruct; official: "
+        "GPT-4.1); null: the exact shapes-world judge (shapes-world items only)."
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,7 +172,7 @@ class EvalConfig:
     geneval_pp: GenEvalPPConfig = doc("Table 3.")
     mmt: MMTConfig = doc("Table 4.")
     judge: CaptionJudgeConfig = doc("Table 5.")
-    detector: DetectorConfig = doc("GenEval / GenEval++ detector.")
+    detector: DetectorConfig = doc("GenEval detector (GenEval++ is judged, see geneval_pp.judge_path).")
     selection: SelectionConfig = doc("Checkpoint selection.")
 
     def __post_init__(self) -> None:

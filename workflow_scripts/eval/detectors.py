@@ -3,14 +3,19 @@
 * :class:`ShapesDetector` is exact for the procedural shapes world: objects are the connected regions
   that differ from the plain background; each region's class is the shape whose rendered template
   overlaps it best, and that overlap (IoU of tight masks) is its confidence.
-* :class:`TransformersDetector` wraps any transformers object-detection model from a local path.
+* :class:`Mask2FormerDetector` is GenEval's official kind: a COCO instance-segmentation
+  ``Mask2FormerForUniversalSegmentation`` from a local path, giving every object a mask.
+* :class:`TransformersDetector` wraps any box-only transformers object-detection model (a deviation the
+  score record states: colours are then read on box crops).
 * :class:`PaletteColors` names the nearest of the ten colours to an object's dominant pixels;
   :class:`ClipColors` is GenEval's CLIP zero-shot colour classification of the crop (grey outside the mask).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import json
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +23,8 @@ from PIL import Image
 from scipy import ndimage
 
 from workflow_scripts.data import scenes
-from workflow_scripts.eval.geneval import COLORS, Detection
+from workflow_scripts.eval.config import DetectorConfig
+from workflow_scripts.eval.geneval import COLORS, Detection, ScoringConstants
 
 TEMPLATE_SIDE = 32
 _PALETTE = np.array([scenes.COLORS[c] for c in COLORS], dtype=np.float32)
@@ -71,14 +77,87 @@ class ShapesDetector:
         return detections
 
 
-class TransformersDetector:
-    """Any AutoModelForObjectDetection checkpoint; its label names are mapped to the benchmark's classes."""
+# GenEval's prompt names for three COCO classes whose detector labels are shorter
+ALIASES = {"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard"}
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "computer mouse": "mouse",
-        "tv remote": "remote",
-        "computer keyboard": "keyboard",
-    }
+
+def label_map(id2label: Mapping, classes: tuple[str, ...], path: str) -> dict[int, str]:
+    """Detector label id -> benchmark class, from the model's ``config.id2label``."""
+    labels = {str(v).lower(): int(k) for k, v in id2label.items()}
+    out = {}
+    for cls in classes:
+        name = ALIASES.get(cls, cls)
+        if name not in labels:
+            raise ValueError(
+                f"eval.detector.path: the detector at {path} has no label for class '{cls}' (its "
+                "config.id2label must name GenEval's COCO classes): use a COCO detector"
+            )
+        out[labels[name]] = cls
+    return out
+
+
+def _mask2former_processor(path: str):
+    """The detector's image processor as saved, except a pre-v5 ``size`` (``384`` or ``{shortest_edge:
+    384}``, how transformers 4 wrote MaskFormer-family configs): transformers 5 refuses a resize without
+    ``longest_edge``, which transformers 4 completed with 1333; complete it the same way."""
+    from transformers import AutoImageProcessor
+
+    saved = Path(path) / "preprocessor_config.json"
+    size = json.loads(saved.read_text()).get("size") if saved.exists() else None
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    if isinstance(size, dict) and "shortest_edge" in size and "longest_edge" not in size:
+        return AutoImageProcessor.from_pretrained(path, size={**size, "longest_edge": 1333})
+    return AutoImageProcessor.from_pretrained(path)
+
+
+class Mask2FormerDetector:
+    """GenEval's detector family: Mask2Former instance segmentation (official: Swin-S, COCO).
+
+    transformers' ``post_process_instance_segmentation`` ranks query x class pairs like mmdetection
+    (class probability x the mean mask probability inside the mask, top ``num_queries``); with binary
+    maps instances may overlap, as upstream's. Each detection keeps its mask at the image's size, and its
+    box is the mask's pixel bounds (inclusive, as every :class:`Detection` box here).
+    """
+
+    def __init__(
+        self, path: str, classes: tuple[str, ...], device: torch.device, *, min_score: float = 0.0
+    ) -> None:
+        from transformers import Mask2FormerForUniversalSegmentation
+
+        self.processor = _mask2former_processor(path)
+        self.model = Mask2FormerForUniversalSegmentation.from_pretrained(path).to(device).eval()
+        self.device = device
+        self.min_score = min_score  # the scorer's own threshold still applies (strictly above)
+        self.label_of = label_map(self.model.config.id2label, classes, path)
+
+    @torch.no_grad()
+    def __call__(self, image: Image.Image) -> dict[str, list[Detection]]:
+        image = image.convert("RGB")
+        inputs = self.processor(images=image, return_tensors="pt").to(self.device)
+        return self.detections(self.model(**inputs), image.size)
+
+    def detections(self, outputs, size: tuple[int, int]) -> dict[str, list[Detection]]:
+        """The model's outputs for one image of ``size`` (width, height) -> per-class detections."""
+        result = self.processor.post_process_instance_segmentation(
+            outputs, threshold=self.min_score, target_sizes=[size[::-1]], return_binary_maps=True
+        )[0]
+        detections: dict[str, list[Detection]] = {}
+        if not result["segments_info"]:
+            return detections
+        masks = result["segmentation"].bool().cpu().numpy()
+        for info, mask in zip(result["segments_info"], masks, strict=True):
+            cls = self.label_of.get(int(info["label_id"]))
+            if cls is None or not mask.any():
+                continue
+            ys, xs = np.nonzero(mask)
+            box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+            detections.setdefault(cls, []).append(Detection(box, float(info["score"]), mask))
+        return detections
+
+
+class TransformersDetector:
+    """Any box-only AutoModelForObjectDetection checkpoint; label names mapped to the benchmark's classes."""
 
     def __init__(self, path: str, classes: tuple[str, ...], device: torch.device) -> None:
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
@@ -86,13 +165,7 @@ class TransformersDetector:
         self.processor = AutoImageProcessor.from_pretrained(path)
         self.model = AutoModelForObjectDetection.from_pretrained(path).to(device).eval()
         self.device = device
-        labels = {v.lower(): int(k) for k, v in self.model.config.id2label.items()}
-        self.label_of = {}
-        for cls in classes:
-            name = self.ALIASES.get(cls, cls)
-            if name not in labels:
-                raise ValueError(f"eval.detector.path: the detector has no label for class '{cls}'")
-            self.label_of[labels[name]] = cls
+        self.label_of = label_map(self.model.config.id2label, classes, path)
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> dict[str, list[Detection]]:
@@ -107,6 +180,48 @@ class TransformersDetector:
             if cls is not None:
                 detections.setdefault(cls, []).append(Detection(tuple(box.tolist()), float(score)))
         return detections
+
+
+def load_detector(cfg: DetectorConfig, classes: tuple[str, ...], device: torch.device):
+    """The configured detector; ``classes``: the benchmark classes it must name."""
+    if cfg.kind == "shapes":
+        return ShapesDetector()
+    if cfg.kind == "mask2former":
+        floor = min(cfg.threshold, cfg.counting_threshold)  # nothing below it can be kept: drop it early
+        return Mask2FormerDetector(cfg.path, classes, device, min_score=floor)
+    return TransformersDetector(cfg.path, classes, device)
+
+
+OFFICIAL = ScoringConstants()
+BOX_ONLY = "box-only detector (no masks)"
+
+
+def scoring_protocol(cfg: DetectorConfig) -> dict:
+    """The detector half of a GenEval score record's "protocol": what scored it and every departure
+    from the official scorer (Mask2Former masks, CLIP ViT-L/14 colours on masked crops, 0.3 / 0.9 / 16 /
+    no suppression)."""
+    deviations = []
+    if cfg.kind == "mask2former":
+        detector = f"Mask2Former {Path(cfg.path or '?').name} (instance masks)"
+    elif cfg.kind == "transformers":
+        detector = f"{Path(cfg.path or '?').name} (boxes only)"
+        deviations.append(BOX_ONLY)
+    else:
+        detector = "shapes-world exact detector (masks)"
+        deviations.append("exact synthetic detector, not Mask2Former")
+    if cfg.color == "clip":
+        detector += ", colour: CLIP zero-shot"
+    else:
+        detector += ", colour: pixel palette"
+        deviations.append("colour from pixel palette, not CLIP zero-shot")
+    ours = (cfg.threshold, cfg.counting_threshold, cfg.max_objects, cfg.max_overlap)
+    official = (OFFICIAL.threshold, OFFICIAL.counting_threshold, OFFICIAL.max_objects, OFFICIAL.max_overlap)
+    if ours != official:
+        deviations.append(
+            "threshold / counting threshold / max objects / max overlap "
+            f"{' / '.join(f'{v:g}' for v in ours)} (official: {' / '.join(f'{v:g}' for v in official)})"
+        )
+    return {"detector": detector, "judge": None, "deviations": deviations}
 
 
 def _crop(image: Image.Image, det: Detection, fill=(153, 153, 153)) -> Image.Image:

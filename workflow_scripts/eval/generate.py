@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from workflow_scripts import atomic
-from workflow_scripts.eval import mmt
+from workflow_scripts.eval import geneval_pp, mmt
 from workflow_scripts.eval.config import EvalConfig
 from workflow_scripts.eval.items import read
 from workflow_scripts.eval.systems import System
@@ -108,4 +108,4 @@ def _answer(item, items_dir: Path, system: System, cfg: EvalConfig, images: Path
     ]
 
 
-_CALLS = {"unified_bench": reconstruct, "geneval": _draw, "geneval_pp": _draw, "mmt": _answer}
+_CALLS = {"unified_bench": reconstruct, "geneval": _draw, "geneval_pp": geneval_pp.draw, "mmt": _answer}

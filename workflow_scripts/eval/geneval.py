@@ -1,4 +1,5 @@
-"""GenEval (Ghosh et al. 2023) and GenEval++: prompt recipes and the official scoring rules.
+"""GenEval (Ghosh et al. 2023): the prompt recipe and the official scoring rules (GenEval++, a VLM-judged
+benchmark, is :mod:`workflow_scripts.eval.geneval_pp`).
 
 The prompt recipe draws from ``numpy.random.default_rng(43)`` in the official order (single objects for
 every class, then 100 samples each of two_object, counting, colors, position, color_attr; exact
@@ -209,62 +210,12 @@ def _official_form(item: dict) -> dict:
     return out
 
 
-GENEVAL_PP_CATEGORIES = ("color", "count", "color_count", "position_count")
-
-
 def _phrase(count: int, color: str | None, cls: str) -> str:
     """'a red circle', 'three red circles', 'an apple', 'two apples'."""
     words = f"{color} {cls}" if color else cls
     if count == 1:
         return with_article(words)
     return f"{NUMBERS[count]} {color + ' ' if color else ''}{plural(cls)}"
-
-
-def geneval_pp_prompts(classes: Sequence[str], *, per_category: int, seed: int) -> list[dict]:
-    """Harder prompts, several constraints each (GenEval++): an image passes only if every one holds.
-
-    color: three classes, each with its colour; count: two classes with counts 2-4; color_count: one class
-    in two colours with counts 1-3 ("3 red apples and 2 green apples"); position_count: counts on two
-    sides ("2 cats on the left, 3 dogs on the right", checked as left-of on every pair).
-    """
-    rng = np.random.default_rng(seed)
-    n = len(classes)
-    items = []
-    for category in GENEVAL_PP_CATEGORIES:
-        for _ in range(per_category):
-            if category == "color":
-                idx = rng.choice(n, size=3, replace=False)
-                cols = [COLORS[c] for c in rng.choice(len(COLORS), size=3, replace=False)]
-                include = [
-                    {"class": classes[i], "count": 1, "color": c} for i, c in zip(idx, cols, strict=True)
-                ]
-                parts = [_phrase(1, c, classes[i]) for i, c in zip(idx, cols, strict=True)]
-                prompt = f"a photo of {parts[0]}, {parts[1]} and {parts[2]}"
-            elif category == "count":
-                a, b = rng.choice(n, size=2, replace=False)
-                na, nb = (int(x) for x in rng.integers(2, 4, size=2, endpoint=True))
-                include = [{"class": classes[a], "count": na}, {"class": classes[b], "count": nb}]
-                prompt = f"a photo of {_phrase(na, None, classes[a])} and {_phrase(nb, None, classes[b])}"
-            elif category == "color_count":
-                a = rng.choice(n)
-                ca, cb = (COLORS[c] for c in rng.choice(len(COLORS), size=2, replace=False))
-                na, nb = (int(x) for x in rng.integers(1, 3, size=2, endpoint=True))
-                include = [
-                    {"class": classes[a], "count": na, "color": ca},
-                    {"class": classes[a], "count": nb, "color": cb},
-                ]
-                prompt = f"a photo of {_phrase(na, ca, classes[a])} and {_phrase(nb, cb, classes[a])}"
-            else:
-                a, b = rng.choice(n, size=2, replace=False)
-                na, nb = (int(x) for x in rng.integers(1, 3, size=2, endpoint=True))
-                include = [
-                    {"class": classes[b], "count": nb},
-                    {"class": classes[a], "count": na, "position": ["left of", 0]},
-                ]
-                left, right = _phrase(na, None, classes[a]), _phrase(nb, None, classes[b])
-                prompt = f"a photo of {left} on the left and {right} on the right"
-            items.append({"tag": category, "include": include, "prompt": prompt})
-    return items
 
 
 # --- scoring ---------------------------------------------------------------------------------------
@@ -294,14 +245,17 @@ def iou(a, b) -> float:
 def keep(
     detections: dict[str, list[Detection]], tag: str, constants: ScoringConstants
 ) -> dict[str, list[Detection]]:
-    """Per class: above the confidence threshold, highest score first (stable), at most max_objects,
-    greedy overlap suppression when max_overlap < 1."""
+    """Per class: above the confidence threshold, highest score first, at most max_objects, greedy
+    overlap suppression when max_overlap < 1.
+
+    Equal scores keep upstream's order: the official script reverses an ascending ``np.argsort`` of the
+    scores (stable for its short per-class lists), so of two tied detections the LATER one comes first.
+    """
     threshold = constants.counting_threshold if tag == "counting" else constants.threshold
     kept = {}
     for cls, dets in detections.items():
-        ordered = sorted((d for d in dets if d.score > threshold), key=lambda d: -d.score)[
-            : constants.max_objects
-        ]
+        ascending = sorted(range(len(dets)), key=lambda i: dets[i].score)  # stable
+        ordered = [dets[i] for i in reversed(ascending) if dets[i].score > threshold][: constants.max_objects]
         chosen: list[Detection] = []
         while ordered:
             best = ordered.pop(0)

@@ -56,16 +56,22 @@ class VLMJudge:
         "complete, more accurate and more useful for redrawing the image? Answer 1, 2 or tie."
     )
 
-    def __init__(self, path: str, device) -> None:
+    def __init__(self, path: str, device, models) -> None:
+        from workflow_scripts.harness.device import place, spread_device_map
         from workflow_scripts.models.encoder import load_encoder
 
-        self.encoder = load_encoder(path, key="eval.judge.judges")
-        self.encoder.model.to(device).eval()
+        dtype = models.torch_dtype(device)  # a 72B judge in bf16 on GPUs (models.dtype)
+        self.encoder = load_encoder(
+            path, key="eval.judge.judges", dtype=dtype, device_map=spread_device_map()
+        )
+        self.encoder.model = place(self.encoder.model, device)
 
     def __call__(self, image, meta, first: str, second: str) -> Verdict:
+        from workflow_scripts.models.encoder import CaptionPrompt
+
         answer = self.encoder.caption(
             [image],
-            self.QUESTION.format(first=first, second=second),
+            CaptionPrompt(self.QUESTION.format(first=first, second=second), instruction_first=False),
             temperature=0.0,
             max_new_tokens=8,
             generator_seed=0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import re
 import sys
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from workflow_scripts.data import scenes
-from workflow_scripts.data.images import png_bytes
+from workflow_scripts.data.images import decode, png_bytes
 from workflow_scripts.geometry import relative_position
 
 TASKS = ("small_object", "reidentification", "color", "texture", "spatial")
@@ -200,7 +199,14 @@ def read_tsv(path: str, categories: dict[str, str]) -> list[dict]:
             if task is None:
                 continue
             options = [row[c] for c in LETTERS if row.get(c)]
-            image = Image.open(io.BytesIO(base64.b64decode(row["image"]))).convert("RGB")
+            # upright, as every user image: a camera photo's EXIF orientation is applied (images.decode)
+            decoded = decode(base64.b64decode(row["image"]))
+            if decoded.image is None:
+                raise ValueError(
+                    f"eval.mmt.tsv: {path}: the image of row index {row['index']} cannot be read "
+                    f"({decoded.error}): fix or drop that row"
+                )
+            image = decoded.image
             probes.append(
                 {
                     "item_id": f"{task}-{row['index']}",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from workflow_scripts.eval import geneval, mmt
+from workflow_scripts.eval import geneval, geneval_pp, mmt
 from workflow_scripts.eval.geneval import ScoringConstants
 from workflow_scripts.reward.backbones import Backbone
 from workflow_scripts.reward.functions import similarities
@@ -75,6 +75,33 @@ def generation(
             detections=json.dumps({c: [[*d.box, d.score] for d in ds] for c, ds in detections.items()}),
         )
     return records, geneval.summarize(records, tasks)
+
+
+def geneval_pp_verdicts(
+    records: list[dict], bench_items: list[dict], judge, item_protocol: dict
+) -> tuple[list[dict], dict]:
+    """Every item judged on its image (an item without one is wrong, the judge is not asked); per-tag
+    accuracy, Overall = their mean, and the protocol record naming the judge."""
+    generated = {r["item_id"]: r for r in records}
+    results = []
+    for item in bench_items:
+        record = generated.get(item["item_id"], {})
+        verdict = geneval_pp.judge_item(judge, item, record.get("output"))
+        results.append(
+            {
+                "item_id": item["item_id"],
+                "line": item["line"],
+                "tag": item["tag"],
+                "prompt": item["prompt"],
+                "metadata": json.dumps({k: item[k] for k in geneval_pp.LINE_KEYS if k in item}),
+                "seed": item["seed"],
+                "output": record.get("output"),
+                **verdict,
+                "replies": json.dumps(verdict["replies"]),
+            }
+        )
+    summary = geneval_pp.summarize(results)
+    return results, {**summary, "protocol": geneval_pp.score_protocol(item_protocol, judge.name)}
 
 
 def multiple_choice(records: list[dict], circular: bool, judge=None) -> tuple[list[dict], dict]:

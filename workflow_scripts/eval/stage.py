@@ -13,13 +13,16 @@ from PIL import Image
 from workflow_scripts import atomic, provenance
 from workflow_scripts.config.loader import digest
 from workflow_scripts.eval import generate, items, judge, score, selection
-from workflow_scripts.eval.detectors import ClipColors, PaletteColors, ShapesDetector, TransformersDetector
-from workflow_scripts.eval.geneval import GENEVAL_PP_CATEGORIES, TASKS, ScoringConstants
+from workflow_scripts.eval.detectors import ClipColors, PaletteColors, load_detector, scoring_protocol
+from workflow_scripts.eval.geneval import TASKS, ScoringConstants
+from workflow_scripts.eval.geneval_pp import ShapesJudge
 from workflow_scripts.eval.systems import MODEL_PARTS, System, load_system
+from workflow_scripts.eval.vlm_judge import VLMJudge
 from workflow_scripts.fingerprint import code_digest, fingerprint
 from workflow_scripts.harness.context import JobContext, JobSpec
-from workflow_scripts.harness.device import job_device
+from workflow_scripts.harness.device import job_device, place, spread_device_map
 from workflow_scripts.layout import RunLayout
+from workflow_scripts.models.conditioning import ConditioningSpec
 from workflow_scripts.models.encoder import load_encoder
 from workflow_scripts.reward.backbones import load_backbones, reward_backbone_inputs
 from workflow_scripts.unitoken.system import UniTokenSystem, load_unitoken_system
@@ -34,12 +37,10 @@ def _system(ctx: JobContext, record) -> System | UniTokenSystem:
     record = json.loads(Path(record).read_text()) if not isinstance(record, dict) else record
     if record.get("family") == "unitoken":
         return load_unitoken_system(record, ctx.cfg.unitoken, device=device, dtype=dtype)
-    reading = ctx.cfg.models.decoder
     return load_system(
         record,
         ctx.cfg.inference,
-        role=reading.conditioning_role,
-        max_text_tokens=reading.max_text_tokens,
+        conditioning=ConditioningSpec.of(ctx.cfg.models.decoder),
         device=device,
         dtype=dtype,
     )
@@ -69,15 +70,29 @@ def eval_items(ctx: JobContext) -> dict:
 
 def eval_system(ctx: JobContext) -> dict:
     """An external baseline's record, in the same form as an ablation variant's."""
-    name = ctx.spec.wildcards["system"]
+    name = ctx.spec.wildcards["external"]
     spec = ctx.cfg.eval.systems[name]
-    record = {
-        "variant": name,
-        "captioner": spec.captioner,
-        "text_encoder": spec.text_encoder,
-        "decoder": spec.decoder,
-        "config_hash": ctx.config_hash,
-    }
+    if spec.kind == "uae-release":
+        from workflow_scripts.models.release import ROLE, check_layout
+
+        release = str(check_layout(spec.path, f"eval.systems.{name}.path").resolve())
+        # one LLM captions and reads; the release's own conditioning, whatever models.decoder says
+        record = {"variant": name, "kind": spec.kind, "release": release, "config_hash": ctx.config_hash}
+        protocol = {"reader": "captioner", "conditioning": "release", "conditioning_role": ROLE}
+    else:
+        record = {
+            "variant": name,
+            "captioner": spec.captioner,
+            "text_encoder": spec.text_encoder,
+            "decoder": spec.decoder,
+            "config_hash": ctx.config_hash,
+        }
+        same = spec.text_encoder is not None and spec.text_encoder == spec.captioner
+        protocol = {
+            "reader": "captioner" if same else "separate",
+            "conditioning": ctx.cfg.models.decoder.conditioning,
+        }
+    record["protocol"] = protocol
     atomic.write_json(ctx.output("system"), record)
     return record
 
@@ -140,16 +155,17 @@ def eval_score(ctx: JobContext) -> dict:
     cfg = ctx.cfg.eval
     if bench == "unified_bench":
         records, summary = score.unified_bench(records, ctx.input("item_set"), _backbones(ctx))
-    elif bench in ("geneval", "geneval_pp"):
+        summary["protocol"] = items.score_protocol(ctx.input("item_set"))
+    elif bench == "geneval_pp":
+        item_set = ctx.input("item_set")
+        records, summary = score.geneval_pp_verdicts(
+            records, items.read(item_set), _geneval_pp_judge(ctx), items.protocol(item_set)
+        )
+    elif bench == "geneval":
         device = job_device(ctx.local_rank)
         detector_cfg = cfg.detector
-        if detector_cfg.kind == "shapes":
-            detector = ShapesDetector()
-        else:
-            classes = tuple(
-                sorted({c["class"] for r in records for c in json.loads(r["metadata"])["include"]})
-            )
-            detector = TransformersDetector(detector_cfg.path, classes, device)
+        classes = tuple(sorted({c["class"] for r in records for c in json.loads(r["metadata"])["include"]}))
+        detector = load_detector(detector_cfg, classes, device)
         colors = (
             PaletteColors()
             if detector_cfg.color == "palette"
@@ -161,8 +177,8 @@ def eval_score(ctx: JobContext) -> dict:
             detector_cfg.max_objects,
             detector_cfg.max_overlap,
         )
-        tasks = TASKS if bench == "geneval" else GENEVAL_PP_CATEGORIES
-        records, summary = score.generation(records, detector, colors, constants, tasks)
+        records, summary = score.generation(records, detector, colors, constants, TASKS)
+        summary["protocol"] = items.score_protocol(ctx.input("item_set"), scoring_protocol(detector_cfg))
     else:
         records, summary = score.multiple_choice(records, cfg.mmt.circular, _mmt_judge(ctx))
     sink = pa.BufferOutputStream()
@@ -184,13 +200,29 @@ def eval_score(ctx: JobContext) -> dict:
     return {k: v for k, v in summary.items() if k != "backbones"}
 
 
+def _geneval_pp_judge(ctx: JobContext):
+    """The local VLM at eval.geneval_pp.judge_path, or the shapes world's exact judge."""
+    path = ctx.cfg.eval.geneval_pp.judge_path
+    if not path:
+        return ShapesJudge()
+    device = job_device(ctx.local_rank)
+    return VLMJudge(path, device, ctx.cfg.models.torch_dtype(device))
+
+
 def _mmt_judge(ctx: JobContext):
     path = ctx.cfg.eval.mmt.judge_path
     if not path:
         return None
     from workflow_scripts.eval.mmt import LETTERS
 
-    encoder = load_encoder(path, key="eval.mmt.judge_path")
+    device = job_device(ctx.local_rank)
+    encoder = load_encoder(
+        path,
+        key="eval.mmt.judge_path",
+        dtype=ctx.cfg.models.torch_dtype(device),
+        device_map=spread_device_map(),
+    )
+    encoder.model = place(encoder.model, device)
 
     def pick(question: str, answer: str, options: list[str]) -> str | None:
         listing = "; ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
@@ -203,7 +235,7 @@ def _mmt_judge(ctx: JobContext):
             add_generation_prompt=True,
             return_tensors="pt",
             return_dict=True,
-        )
+        ).to(encoder.model.device)
         out = encoder.model.generate(**tokens, max_new_tokens=4, do_sample=False)
         text = encoder.tokenizer.decode(
             out[0, tokens["input_ids"].shape[1] :], skip_special_tokens=True
@@ -223,7 +255,7 @@ def eval_judge(ctx: JobContext) -> dict:
         judge_fn = (
             judge.scene_graph_judge(ctx.cfg.eval.judge.margin)
             if backend == "scene_graph"
-            else judge.VLMJudge(backend, job_device(ctx.local_rank))
+            else judge.VLMJudge(backend, job_device(ctx.local_rank), ctx.cfg.models)
         )
         outcomes = []
         for item_id in sorted(set(a) & set(b)):
@@ -294,11 +326,10 @@ def select_checkpoint(ctx: JobContext) -> dict:
 
     def builder(path: Path):
         def build() -> System:
+            # a part the DAG gave no partner for is the candidate itself (dag/rl.py selection_inputs)
             record = {
                 "variant": f"{stage}@{path.parent.name}",
-                "text_encoder": inputs["text_encoder"],
-                "captioner": str(path) if stage == "rl_encoder" else inputs["captioner"],
-                "decoder": inputs["decoder"] if stage == "rl_encoder" else str(path),
+                **{part: inputs.get(part, str(path)) for part in ("captioner", "text_encoder", "decoder")},
             }
             return _system(ctx, record)
 

@@ -10,82 +10,100 @@ import torch
 from PIL import Image
 
 from workflow_scripts.config.inference import InferenceConfig
+from workflow_scripts.models.conditioning import ConditioningSpec, condition
 from workflow_scripts.models.decoder import Decoder, load_decoder
-from workflow_scripts.models.encoder import Encoder, load_encoder
+from workflow_scripts.models.encoder import CaptionPrompt, Encoder, load_encoder
 
-# the model directories a variant record may name (UAE family: the first three; UniToken: the last two)
-MODEL_PARTS = ("captioner", "text_encoder", "decoder", "model", "vq")
+# the model directories a variant record may name (UAE family: the first three; a release checkpoint:
+# "release"; UniToken: the last two)
+MODEL_PARTS = ("captioner", "text_encoder", "decoder", "release", "model", "vq")
 
 
 @dataclass
 class System:
     name: str
     captioner: Encoder | None
-    text_encoder: Encoder | None
+    text_encoder: Encoder | None  # the reader: the LLM whose hidden states condition the decoder
     decoder: Decoder | None
     inference: InferenceConfig
-    role: str
-    max_text_tokens: int
+    conditioning: ConditioningSpec
+    caption_prompt: CaptionPrompt
 
     def require(self, part: str):
         if getattr(self, part) is None:
             raise ValueError(f"system '{self.name}' has no {part}; it cannot run this benchmark")
         return getattr(self, part)
 
+    def protocol(self) -> dict:
+        return {"conditioning": self.conditioning.mode}
+
     def caption(self, image: Image.Image, seed: int) -> str:
         sampling = self.inference.caption
         return self.require("captioner").caption(
             [image],
-            sampling.instruction,
+            self.caption_prompt,
             temperature=sampling.temperature,
             max_new_tokens=sampling.max_new_tokens,
             generator_seed=seed,
         )[0]
 
     def answer(self, image: Image.Image, prompt: str) -> str:
+        question = CaptionPrompt(prompt, self.caption_prompt.instruction_first)
         return self.require("captioner").caption(
-            [image], prompt, temperature=0.0, max_new_tokens=16, generator_seed=0
+            [image], question, temperature=0.0, max_new_tokens=16, generator_seed=0
         )[0]
 
     @torch.no_grad()
     def draw(self, prompts: list[str], seeds: list[int], resolution: int) -> list[Image.Image]:
-        """Images from prompts; each depends only on its own prompt and seed."""
+        """Images from prompts; each depends only on its own prompt and seed. 'release' conditioning draws
+        one image per pipeline call, as the release does (a batched call changes the last bits);
+        'fixed_length' draws the copies of a prompt in one call (its reading is batch-independent)."""
         reader, decoder = self.require("text_encoder"), self.require("decoder")
         sampling = self.inference.image
-        dtype = decoder.projector.dtype
-        embeds = decoder.projector(
-            *_cast(reader.text_states(prompts, self.role, self.max_text_tokens), dtype)
-        )
-        negative = decoder.projector(
-            *_cast(reader.text_states([sampling.negative_prompt], self.role, self.max_text_tokens), dtype)
-        )
-        return decoder.generate(
-            embeds,
-            negative,
-            seeds=seeds,
-            steps=sampling.steps,
-            guidance_scale=sampling.guidance_scale,
-            resolution=resolution,
-        )
-
-
-def _cast(states, dtype):
-    hidden, mask = states
-    return hidden.to(dtype), mask
+        alone = self.conditioning.mode == "release"
+        pictures: dict[int, Image.Image] = {}
+        for prompt in dict.fromkeys(prompts):
+            embeds, negative = condition(reader, decoder.projector, [prompt], self.conditioning)
+            where = [i for i, p in enumerate(prompts) if p == prompt]
+            for group in [[i] for i in where] if alone else [where]:
+                drawn = decoder.generate(
+                    embeds.expand(len(group), -1, -1),
+                    negative,
+                    seeds=[seeds[i] for i in group],
+                    steps=sampling.steps,
+                    guidance_scale=sampling.guidance_scale,
+                    resolution=resolution,
+                )
+                pictures.update(zip(group, drawn, strict=True))
+        return [pictures[i] for i in range(len(prompts))]
 
 
 def load_system(
     record: dict | Path,
     inference: InferenceConfig,
     *,
-    role: str,
-    max_text_tokens: int,
+    conditioning: ConditioningSpec,
     device,
     dtype: torch.dtype,
 ) -> System:
-    """The system a variant record (or its JSON file) names; a component used twice is loaded once."""
+    """The system a variant record (or its JSON file) names; a component used twice is loaded once.
+    A record of kind ``uae-release`` names a release checkpoint directory (models/release.py)."""
     if not isinstance(record, dict):
         record = json.loads(Path(record).read_text())
+    if record.get("kind") == "uae-release":
+        from workflow_scripts.models.release import load_release
+
+        release = load_release(record["release"], key=f"eval.systems.{record['variant']}.path", dtype=dtype)
+        release.to(device)
+        return System(
+            record["variant"],
+            release.encoder,
+            release.encoder,  # one LLM captions and conditions
+            release.decoder,
+            inference,
+            release.conditioning,
+            release.caption_prompt(inference.caption),
+        )
     loaded: dict[str, Encoder] = {}
 
     def encoder(path):
@@ -108,6 +126,6 @@ def load_system(
         encoder(record.get("text_encoder")),
         decoder,
         inference,
-        role,
-        max_text_tokens,
+        conditioning,
+        CaptionPrompt.of(inference.caption),
     )

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from workflow_scripts.catalog import JOBS, STAGES
+from workflow_scripts.catalog import JOBS, STAGES, resources
 from workflow_scripts.config.loader import digest
 from workflow_scripts.launch import lease
 from workflow_scripts.launch.job import JobSpec, StageJob, configure_logging, load_config
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     cfg, _ = load_config(spec)
     layout = RunLayout.of(cfg)
-    resources = cfg.launcher.resources(args.stage)
-    spec = JobSpec(**{**spec.__dict__, "threads": resources.cpus_per_task})
+    job_resources = resources(cfg, args.stage, spec.wildcards)
+    spec = JobSpec(**{**spec.__dict__, "threads": job_resources.cpus_per_task})
     label = "_".join([args.stage, *spec.wildcards.values()])
     entry = STAGES[args.stage]
     specs = [spec]
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             [StageJob(s, entry.run) for s in specs],
             kind=cfg.launcher.kind,
             folder=layout.jobs(label),
-            resources=resources,
+            resources=job_resources,
             name=f"umm-{cfg.run_name}-{label}",
             poll_seconds=cfg.launcher.poll_seconds,
             journal=layout.root / "logs" / "jobs.jsonl",

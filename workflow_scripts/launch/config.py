@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from workflow_scripts.config.typed import doc
+from workflow_scripts.harness.footprint import Footprint
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,6 +66,25 @@ class ResourceOverrides:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class CostConfig:
+    """How projected FLOPs become GPU-hours (``python -m workflow_scripts.cost``, the report's projection)."""
+
+    peak_tflops: float = doc("Dense bf16 peak of one GPU in TFLOP/s (H800 SXM: 989).")
+    mfu: float = doc("Model FLOP utilisation assumed for every stage: sustained / peak throughput (0-1].")
+    folder_images: int | None = doc(
+        "Images in data.sources.folder, which the captioning projection needs (the folder is not read "
+        "when planning; paper: 700K); null: the folder's captioning is left out of the projection.",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        if self.peak_tflops <= 0 or not 0 < self.mfu <= 1:
+            raise ValueError("launcher.cost: peak_tflops must be > 0 and mfu in (0, 1]")
+        if self.folder_images is not None and self.folder_images < 0:
+            raise ValueError("launcher.cost.folder_images must be >= 0 (or null)")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LauncherConfig:
     kind: Literal["local", "inline", "slurm"] = doc(
         "'local': submitit's local executor (a subprocess per task on this machine); 'inline': in the "
@@ -80,25 +100,36 @@ class LauncherConfig:
         "Elements of a job array (e.g. evaluation shards) Slurm runs at once (sbatch --array=0-N%K). "
         "The local executor runs a stage's elements one after another."
     )
-    defaults: Resources = doc("Resources of every heavy stage unless overridden.")
+    defaults: Resources = doc(
+        "The cluster and what a training stage gets: nodes, GPUs and processes per node, CPUs, memory, "
+        "time. Every stage's footprint in the stage catalog (workflow_scripts/catalog.py) shapes these: "
+        "one process, one GPU, one node, one process per node, or all of it."
+    )
     stages: dict[str, ResourceOverrides] = doc(
-        "Per-stage overrides, keyed by stage name (e.g. pretrain_decoder, pretrain_encoder)."
+        "Per-stage overrides over the footprint-shaped defaults, keyed by stage name (e.g. "
+        "data_build: {mem_gb: 256}); `python -m workflow_scripts.launch.plan` prints the result."
+    )
+    cost: CostConfig = doc(
+        "The GPU and utilisation the cost projection assumes (`python -m workflow_scripts.cost`)."
     )
 
     def __post_init__(self) -> None:
         if self.array_parallelism < 1:
             raise ValueError("array_parallelism must be >= 1")
 
-    def resources(self, stage: str) -> Resources:
-        """The stage's resources, ``mem_gb`` already what sbatch gets: a stage's own ``mem_gb`` wins,
-        else GPU jobs ask for ``mem_gb_per_gpu`` x GPUs, else ``mem_gb``."""
+    def resources(self, stage: str, footprint: Footprint) -> Resources:
+        """The stage's resources: ``launcher.defaults`` shaped by the stage's footprint (from the catalog:
+        ``catalog.resources``), then its ``launcher.stages`` entry. ``mem_gb`` is already what sbatch gets:
+        a stage's own ``mem_gb`` wins, else GPU jobs ask for ``mem_gb_per_gpu`` x GPUs, else ``mem_gb``."""
         override = self.stages.get(stage) or ResourceOverrides()
         changes = {
             f.name: getattr(override, f.name)
             for f in dataclasses.fields(override)
             if getattr(override, f.name) is not None
         }
-        merged = dataclasses.replace(self.defaults, **changes)
+        shape = footprint.shape(self.defaults.nodes, self.defaults.gpus_per_node)
+        shaped = dataclasses.replace(self.defaults, **shape)
+        merged = dataclasses.replace(shaped, **changes)
         if override.mem_gb is None and merged.mem_gb_per_gpu and merged.gpus_per_node:
             merged = dataclasses.replace(merged, mem_gb=merged.mem_gb_per_gpu * merged.gpus_per_node)
         return merged

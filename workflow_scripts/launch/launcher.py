@@ -263,10 +263,12 @@ def _wait(jobs: list[submitit.Job], kind: str, poll_seconds: float, grace_s: flo
 
 
 def _poll_interval(waited: float, cap: float, kind: str) -> float:
-    """A tenth of the time waited so far, between a floor (a local poll is a process check, a Slurm one
-    a scheduler query) and ``cap``: a job is noticed finished within ~10 % of its run time."""
-    floor = 0.05 if kind != "slurm" else 1.0
-    return min(cap, max(floor, waited / 10))
+    """A share of the time waited so far, between a floor and ``cap``. A Slurm poll is a scheduler query:
+    a tenth, so a job is noticed finished within ~10 % of its run time. A local poll is a check of a
+    child process, nearly free: a hundredth, so a stage of a few seconds is not kept waiting a second."""
+    if kind == "slurm":
+        return min(cap, max(1.0, waited / 10))
+    return min(cap, max(0.05, waited / 100))
 
 
 # lines of a training job's log that the launcher repeats in the rule's log after a requeue

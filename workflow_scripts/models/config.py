@@ -99,11 +99,25 @@ class DecoderModelConfig:
     projector_hidden_size: int = doc(
         "Hidden width of the LLM->DiT projector MLP (authors' release: 2048 -> 8192 -> GELU -> 4096)."
     )
+    conditioning: Literal["release", "fixed_length"] = doc(
+        "How a prompt becomes the DiT's prompt_embeds (models/conditioning.py). 'release' (the authors' "
+        "inference code): the turn ends with the assistant header (add_generation_prompt), prompts and the "
+        "negative prompt are right-padded together to the longest of them, padded positions are kept (not "
+        "zeroed), so an image depends on the lengths of the other prompts in its batch; a batch of one "
+        "prompt is exactly the release. 'fixed_length': no generation header, every prompt padded or "
+        "truncated to max_text_tokens and padded positions zeroed, so conditioning never depends on the "
+        "batch."
+    )
     max_text_tokens: int = doc(
-        "Captions are read through the LLM and padded/truncated to this many tokens, so a sample's "
-        "conditioning never depends on what else is in its batch."
+        "'fixed_length' conditioning: prompts are padded/truncated to this many tokens. Also the caption "
+        "length limit where training stages caption images themselves."
     )
     conditioning_role: str = doc("Chat role of the caption turn read by the LLM (authors: 'generate').")
+    negative_prompt: str = doc(
+        "Negative prompt for classifier-free guidance, read through the LLM like a prompt by every stage "
+        "that samples the decoder (release: 'Generate a random, low quality, ugly, blur, bad and anime, "
+        "cartoon image.')."
+    )
     tiny: TinyDecoderSpec | None = doc("Shapes built when models.source is 'tiny'.")
 
 

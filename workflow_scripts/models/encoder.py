@@ -16,6 +16,31 @@ from workflow_scripts.models.paths import require_model_dir
 IGNORE_INDEX = -100
 
 
+@dataclass(frozen=True)
+class CaptionPrompt:
+    """The caption turn: its instruction and whether the instruction comes before the image."""
+
+    instruction: str
+    instruction_first: bool
+
+    @classmethod
+    def of(cls, sampling) -> CaptionPrompt:
+        """From ``inference.caption`` (a CaptionSampling)."""
+        return cls(sampling.instruction, sampling.content_order == "instruction_first")
+
+
+def caption_messages(prompt: CaptionPrompt) -> list[dict]:
+    """The one user turn that asks for a caption; SFT, RL and evaluation all build it here."""
+    if not isinstance(prompt, CaptionPrompt):
+        raise TypeError(
+            f"a caption prompt must be a CaptionPrompt (CaptionPrompt.of(cfg.inference.caption)), not "
+            f"{type(prompt).__name__}: the content order must come from inference.caption.content_order"
+        )
+    text = {"type": "text", "text": prompt.instruction}
+    content = [text, {"type": "image"}] if prompt.instruction_first else [{"type": "image"}, text]
+    return [{"role": "user", "content": content}]
+
+
 @dataclass
 class Encoder:
     model: torch.nn.Module  # Qwen2_5_VLForConditionalGeneration (possibly peft-wrapped)
@@ -33,12 +58,15 @@ class Encoder:
     def end_of_turn_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def prompt(self, instruction: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+    def prompt(self, instruction: CaptionPrompt) -> str:
+        return self.processor.apply_chat_template(
+            caption_messages(instruction), tokenize=False, add_generation_prompt=True
+        )
 
-    def caption_inputs(self, images: Sequence[Image.Image], instruction: str) -> dict[str, torch.Tensor]:
-        """Left-padded prompts (image + instruction) ready for ``generate``."""
+    def caption_inputs(
+        self, images: Sequence[Image.Image], instruction: CaptionPrompt
+    ) -> dict[str, torch.Tensor]:
+        """Left-padded caption prompts ready for ``generate``."""
         self.tokenizer.padding_side = "left"
         return self.processor(
             text=[self.prompt(instruction)] * len(images),
@@ -51,7 +79,7 @@ class Encoder:
         self,
         images: Sequence[Image.Image],
         captions: Sequence[str],
-        instruction: str,
+        instruction: CaptionPrompt,
         max_caption_tokens: int,
     ) -> dict[str, torch.Tensor]:
         """Prompt + caption + end-of-turn, right-padded; labels only on the caption and end-of-turn."""
@@ -91,7 +119,7 @@ class Encoder:
     def caption(
         self,
         images: Sequence[Image.Image],
-        instruction: str,
+        instruction: CaptionPrompt,
         *,
         temperature: float,
         max_new_tokens: int,
@@ -107,54 +135,20 @@ class Encoder:
         texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return [t.strip() for t in texts]
 
-    def conditioning_ids(
-        self, captions: Sequence[str], role: str, max_tokens: int
-    ) -> dict[str, torch.Tensor]:
-        """Token ids of the captions as one chat turn of ``role``, right-padded to exactly ``max_tokens``."""
-        texts = [
-            self.processor.apply_chat_template([{"role": role, "content": [{"type": "text", "text": c}]}])
-            for c in captions
-        ]
-        self.tokenizer.padding_side = "right"
-        return self.tokenizer(
-            texts,
-            add_special_tokens=False,
-            padding="max_length",
-            truncation=True,
-            max_length=max_tokens,
-            return_tensors="pt",
-        )
-
-    def text_states(
-        self, captions: Sequence[str], role: str, max_tokens: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last LLM hidden states of each caption turn (B, max_tokens, H) and their mask (B, max_tokens).
-
-        Text only (no image), so multimodal RoPE reduces to ordinary positions. Padded positions are
-        zeroed: SD3's joint attention takes no text mask, so zeros are the closest to "absent".
-        """
-        device = next(self.model.parameters()).device
-        tokens = self.conditioning_ids(captions, role, max_tokens).to(device)
-        backbone = _backbone(self.model)
-        hidden = backbone(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-        ).last_hidden_state
-        mask = tokens["attention_mask"].to(hidden.dtype)
-        return hidden * mask[..., None], tokens["attention_mask"]
-
-
-def _backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """Qwen2_5_VLModel under a (possibly peft-wrapped) Qwen2_5_VLForConditionalGeneration."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
-
 
 ADAPTER_FORMAT = "uae_encoder.json"
 
 
-def load_encoder(path, *, key: str = "models.encoder.path", dtype: torch.dtype = torch.float32) -> Encoder:
+def load_encoder(
+    path,
+    *,
+    key: str = "models.encoder.path",
+    dtype: torch.dtype = torch.float32,
+    device_map: str | None = None,
+) -> Encoder:
     """A Qwen2.5-VL directory, or a LoRA checkpoint (``adapter/`` + ``uae_encoder.json`` naming its base),
-    which is loaded over its base and merged."""
+    which is loaded over its base and merged. ``device_map="auto"`` spreads a model too large for one GPU
+    over the node's (``harness.device.spread_device_map``)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     folder = Path(path) if path else None
@@ -162,11 +156,11 @@ def load_encoder(path, *, key: str = "models.encoder.path", dtype: torch.dtype =
         from peft import PeftModel
 
         base = (folder / json.loads((folder / ADAPTER_FORMAT).read_text())["base"]).resolve()
-        encoder = load_encoder(base, key=f"base of {folder}", dtype=dtype)
+        encoder = load_encoder(base, key=f"base of {folder}", dtype=dtype, device_map=device_map)
         encoder.model = PeftModel.from_pretrained(encoder.model, folder / "adapter").merge_and_unload()
         return encoder
     folder = require_model_dir(path, key)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map=device_map)
     processor = AutoProcessor.from_pretrained(folder)
     return Encoder(model=model, processor=processor)
 

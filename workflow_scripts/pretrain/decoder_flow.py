@@ -2,7 +2,8 @@
 
 Rectified-flow objective of SD3 (diffusers' SD3 training recipe): x_t = (1 - s) x_0 + s e with s from
 the scheduler's shifted sigma table at a logit-normal timestep; the DiT predicts v = e - x_0. The
-caption is read through the frozen encoder's LLM, then the trained projector.
+caption is read through the frozen encoder's LLM (models/conditioning.py, as ``models.decoder.conditioning``
+says; in 'release' mode a micro-batch's captions are padded together), then the trained projector.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.harness.context import JobContext
 from workflow_scripts.harness.device import job_device
 from workflow_scripts.harness.stage import finalizer, identity, stage_paths
+from workflow_scripts.models.conditioning import ConditioningSpec, condition, read
 from workflow_scripts.models.config import DecoderModelConfig
 from workflow_scripts.models.decoder import CaptionProjector, Decoder, export_decoder, load_decoder
 from workflow_scripts.models.encoder import Encoder, load_encoder
@@ -75,6 +77,7 @@ class DecoderFlowMatching:
 
     def __post_init__(self) -> None:
         self.name = decoder_stage(self.phase.name)
+        self.conditioning = ConditioningSpec.of(self.model_cfg)
         self.encoder.model.requires_grad_(False).eval()
         self.decoder.vae.requires_grad_(False).eval()
         self.train_scheduler = copy.deepcopy(self.decoder.scheduler)
@@ -105,9 +108,8 @@ class DecoderFlowMatching:
         device = next(model.parameters()).device
         with torch.no_grad():
             latents = self.decoder.to_latents(batch.pixels.to(device))
-            text_hidden, text_mask = self.encoder.text_states(
-                batch.captions, self.model_cfg.conditioning_role, self.model_cfg.max_text_tokens
-            )
+            reading = read(self.encoder, batch.captions, self.conditioning)
+            text_hidden, text_mask = reading.hidden, reading.keep
         # one generator per sample, keyed by its stream position: identical whatever the world size
         noise, indices = [], []
         steps = self.train_scheduler.config.num_train_timesteps
@@ -134,6 +136,7 @@ class DecoderFlowMatching:
     def export(self, model: torch.nn.Module, out_dir: Path, *, final: bool) -> None:
         """A self-contained decoder; LoRA checkpoints during training keep the adapter unmerged."""
         metadata = {
+            "conditioning": self.model_cfg.conditioning,
             "conditioning_role": self.model_cfg.conditioning_role,
             "max_text_tokens": self.model_cfg.max_text_tokens,
             "llm_hidden_size": model.projector.config.in_features,
@@ -170,20 +173,27 @@ def previews(task: DecoderFlowMatching, ctx: JobContext, out_dir: Path) -> None:
     sampling = ctx.cfg.inference.image
     folder = out_dir / "previews"
     folder.mkdir()
-    role, width = task.model_cfg.conditioning_role, task.model_cfg.max_text_tokens
     task.decoder.transformer.eval()
+    seeds = [derive_seed(ctx.cfg.seed, "preview", r.image_id) for r in records]
+    captions = [r.caption for r in records]
+    # 'release' reads one caption at a time, as evaluation draws; 'fixed_length' is batch-independent
+    groups = (
+        [[i] for i in range(len(records))] if task.conditioning.mode == "release" else [range(len(records))]
+    )
+    pictures = []
     with torch.no_grad():
-        embeds = task.decoder.projector(*task.encoder.text_states([r.caption for r in records], role, width))
-        negative = task.decoder.projector(*task.encoder.text_states([sampling.negative_prompt], role, width))
-        seeds = [derive_seed(ctx.cfg.seed, "preview", r.image_id) for r in records]
-        pictures = task.decoder.generate(
-            embeds,
-            negative,
-            seeds=seeds,
-            steps=sampling.steps,
-            guidance_scale=sampling.guidance_scale,
-            resolution=task.phase.resolution,
-        )
+        for group in groups:
+            embeds, negative = condition(
+                task.encoder, task.decoder.projector, [captions[i] for i in group], task.conditioning
+            )
+            pictures += task.decoder.generate(
+                embeds,
+                negative,
+                seeds=[seeds[i] for i in group],
+                steps=sampling.steps,
+                guidance_scale=sampling.guidance_scale,
+                resolution=task.phase.resolution,
+            )
     index = []
     for i, (record, picture, seed) in enumerate(zip(records, pictures, seeds, strict=True)):
         picture.save(folder / f"{i:03d}.png")

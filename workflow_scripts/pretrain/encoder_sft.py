@@ -11,7 +11,7 @@ import torch
 from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.harness.context import JobContext
 from workflow_scripts.harness.stage import finalizer, identity, stage_paths
-from workflow_scripts.models.encoder import Encoder, export_encoder, load_encoder
+from workflow_scripts.models.encoder import CaptionPrompt, Encoder, export_encoder, load_encoder
 from workflow_scripts.pretrain.config import EncoderSFTConfig
 from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan
@@ -28,7 +28,7 @@ class EncoderSFT:
     cfg: EncoderSFTConfig
     encoder: Encoder
     dataset: ShardDataset
-    instruction: str
+    instruction: CaptionPrompt
     plan: BatchPlan
     start: Path
     name: str = "pretrain_encoder"
@@ -88,7 +88,8 @@ def run(ctx: JobContext) -> dict:
         cfg.loop.micro_batch_size,
         derive_seed(ctx.cfg.seed, "pretrain_encoder"),
     )
-    task = EncoderSFT(cfg, encoder, dataset, ctx.cfg.inference.caption.instruction, plan, ctx.input("base"))
+    prompt = CaptionPrompt.of(ctx.cfg.inference.caption)  # the turn evaluation and RL caption with
+    task = EncoderSFT(cfg, encoder, dataset, prompt, plan, ctx.input("base"))
     paths = stage_paths(ctx)
     run_identity = identity(ctx)
     summary = train(

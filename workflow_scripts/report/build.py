@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import jinja2
 from PIL import Image
 
 from workflow_scripts import atomic
+from workflow_scripts.eval import geneval_pp
 from workflow_scripts.report import plots
 from workflow_scripts.report import queries as q
 from workflow_scripts.report.dag import unavailable
@@ -45,6 +47,7 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
     env.filters["num"] = lambda v, digits=2: "—" if v is None else f"{v:.{digits}f}"
     env.filters["signed"] = lambda v, digits=2: "—" if v is None else f"{v:+.{digits}f}"
     env.filters["bench"] = lambda b: BENCH_SHORT.get(b, b)
+    env.filters["text"] = lambda v: "—" if v is None or v == "" else v
     return env
 
 
@@ -70,6 +73,8 @@ def _comparison(con, run: str, bench: str, systems: list[str]) -> dict[str, Any]
     published = q.paper(con, bench)
     methods = sorted({r["method"] for r in published})
     metrics = sorted({r["metric"] for r in published}, key=lambda m: (m == "overall", m))
+    if bench == "geneval_pp":  # all seven tags; the paper prints four (PAPER_COLUMNS) and Overall
+        metrics = [*geneval_pp.TAGS, "overall"]
     table = {(r["method"], r["metric"]): r["value"] for r in published}
     rows = []
     for metric in metrics:
@@ -86,7 +91,7 @@ def _comparison(con, run: str, bench: str, systems: list[str]) -> dict[str, Any]
             }
         )
     return {
-        "title": BENCH_TITLES[bench],
+        "title": BENCH_TITLES[bench] + (_GENEVAL_PP_COLUMNS if bench == "geneval_pp" else ""),
         "bench": bench,
         "methods": methods,
         "metrics": metrics,
@@ -95,6 +100,9 @@ def _comparison(con, run: str, bench: str, systems: list[str]) -> dict[str, Any]
     }
 
 
+_GENEVAL_PP_COLUMNS = (
+    " (paper columns: " + ", ".join(f"{c} = {t}" for t, c in geneval_pp.PAPER_COLUMNS.items()) + ")"
+)
 UAE_SYSTEMS = ("2a+2b", "2a", "2b", "none")  # the most trained UAE system a run has
 
 
@@ -143,6 +151,46 @@ def _recipes(con, run: str, systems: list[str]) -> dict[str, Any] | None:
     return {"uae": uae, "rows": rows}
 
 
+SYSTEM_PROTOCOL = ("reader", "coldstart", "conditioning")  # keys of a variant/system record's "protocol"
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _protocols(con, run: str, systems: list[str], benches: list[str]) -> dict[str, Any]:
+    """Per system: how it reads captions, its cold start and conditioning; per (system, benchmark): the
+    protocol, detector and judge that scored it and every departure from the official protocol. A key a
+    record does not carry shows as "—" (unknown), never as "official"."""
+    by_system, by_score = q.system_protocols(con, run), q.score_protocols(con, run)
+    system_rows = [
+        {"system": s, **{k: _text(by_system.get(s, {}).get(k)) for k in SYSTEM_PROTOCOL}} for s in systems
+    ]
+    score_rows = []
+    for bench in benches:
+        for system in systems:
+            if q.score(con, run, system, bench, "overall") is None:
+                continue
+            protocol = by_score.get((system, bench)) or {}
+            score_rows.append(
+                {
+                    "system": system,
+                    "bench": bench,
+                    "benchmark_protocol": _text(protocol.get("benchmark_protocol")),
+                    "detector": _text(protocol.get("detector")),
+                    "judge": _text(protocol.get("judge")),
+                    "deviations": [str(d) for d in protocol.get("deviations") or []],
+                    "known": "deviations" in protocol,
+                }
+            )
+    deviations = {
+        b: sorted({d for r in score_rows if r["bench"] == b for d in r["deviations"]}) for b in benches
+    }
+    return {"systems": system_rows, "scores": score_rows, "deviations": deviations}
+
+
 def _gallery(con, run: str, items_root: Path, systems: list[str]) -> list[dict]:
     before, after = "none", next((s for s in ("2a+2b", "2a", "2b") if s in systems), None)
     if before not in systems:
@@ -182,6 +230,74 @@ def _failures(con, run: str, systems: list[str]) -> list[dict]:
                 }
             )
     return out
+
+
+AUTOENCODERS = {
+    "vae_train": "the decoder's VAE (AutoencoderKL)",
+    "unitoken_vq": "UniToken's VQ tokenizer",
+}
+
+
+def _autoencoders(con, run: str, run_dir: Path, stages: list[str]) -> list[dict[str, Any]]:
+    """Validation PSNR of each autoencoder a run trained, against a grey image's (the floor), with its
+    strip of originals over reconstructions."""
+    found = []
+    for stage, title in AUTOENCODERS.items():
+        figures = q.final_metrics(con, run, stage, "val_") if stage in stages else {}
+        if "val_psnr_db" not in figures:
+            continue
+        strip = run_dir / "train" / stage / "final" / "reconstructions.png"
+        found.append(
+            {
+                "stage": stage,
+                "title": title,
+                "psnr": figures["val_psnr_db"],
+                "floor": figures.get("val_grey_psnr_db"),
+                "images": figures.get("val_val_images"),
+                "strip": image_uri(strip, side=1024) if strip.exists() else None,
+            }
+        )
+    return found
+
+
+def _cost(con, run: str, run_dir: Path) -> dict[str, Any] | None:
+    """Projected GPU-hours per stage (workflow_scripts.cost, from the run's resolved config) beside the
+    GPU-hours its jobs took (elapsed x nodes x GPUs per node); None without a resolved config."""
+    path = run_dir / "config.resolved.json"
+    if not path.exists():
+        return None
+    from workflow_scripts.config.loader import parse
+    from workflow_scripts.config.typed import ConfigError
+    from workflow_scripts.cost.project import ASSUMPTIONS, MODELS, projection
+
+    try:
+        cfg = parse(json.loads(path.read_text()))
+        p = projection(cfg)
+    except (ConfigError, ValueError, KeyError) as err:  # the page still renders, saying why
+        return {"error": f"no projection from {path}: {err}"}
+    rows: dict[str, dict[str, Any]] = {}
+    for row in p.records():
+        stage = row["stage"].split("[")[0]
+        entry = rows.setdefault(stage, {"stage": stage, "jobs": 0, "projected": 0.0, "measured": None})
+        entry["jobs"] += row["jobs"]
+        entry["projected"] += row["gpu_hours"]
+    prefix = f"umm-{cfg.run_name}-"
+    for job in q.jobs(con, run):
+        label = (job["name"] or "").removeprefix(prefix)
+        stage = max((s for s in MODELS if label == s or label.startswith(f"{s}_")), key=len, default=None)
+        if stage in rows and job["elapsed_seconds"] is not None:
+            gpus = (job["nodes"] or 1) * (job["gpus_per_node"] or 0)
+            hours = job["elapsed_seconds"] * gpus / 3600.0
+            rows[stage]["measured"] = (rows[stage]["measured"] or 0.0) + hours
+    measured = [r["measured"] for r in rows.values() if r["measured"] is not None]
+    return {
+        "rows": list(rows.values()),
+        "total": p.total_hours,
+        "measured_total": sum(measured) if measured else None,
+        "mfu": p.mfu,
+        "peak_tflops": p.peak_tflops,
+        "assumptions": ASSUMPTIONS,
+    }
 
 
 def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
@@ -276,12 +392,15 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
         "preset": summary["preset"],
         "comparable": summary["preset"] == "paper",
         "jobs": q.jobs(con, run),
+        "cost": _cost(con, run, run_dir),
         "stages": q.stages(con, run),
         "data": q.data_counts(con, run),
+        "autoencoders": _autoencoders(con, run, run_dir, stages),
         "figures": figures,
         "dag_svg": dag_svg,
         "systems": systems,
         "headline": _headline(con, run, benches, systems),
+        "protocols": _protocols(con, run, systems, benches),
         "tables": [_comparison(con, run, b, systems) for b in benches],
         "recipes": _recipes(con, run, systems),
         "paper_judge": q.paper(con, "judge"),

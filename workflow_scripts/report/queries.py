@@ -80,6 +80,17 @@ def curve(con, run: str, stage: str, metric: str) -> list[tuple[int, float]]:
     ]
 
 
+def final_metrics(con, run: str, stage: str, prefix: str) -> dict[str, float]:
+    """A stage's metrics named ``prefix*`` at its last logged step (e.g. an autoencoder's val_psnr_db)."""
+    found = rows(
+        con,
+        """SELECT metric, value FROM train_metrics WHERE run_id = ? AND stage = ? AND starts_with(metric, ?)
+        AND step = (SELECT max(step) FROM train_metrics WHERE run_id = ? AND stage = ?)""",
+        [run, stage, prefix, run, stage],
+    )
+    return {r["metric"]: r["value"] for r in found}
+
+
 def training_stages(con, run: str) -> list[str]:
     return [
         r["stage"]
@@ -165,3 +176,20 @@ def overall_scores(con, run: str) -> list[dict]:
                         ORDER BY system, benchmark""",
         [run],
     )
+
+
+def system_protocols(con, run: str) -> dict[str, dict]:
+    """system -> its record's "protocol" mapping (reader, coldstart, conditioning)."""
+    found = rows(con, "SELECT system, protocol FROM systems WHERE run_id = ? ORDER BY system", [run])
+    return {r["system"]: json.loads(r["protocol"]) if r["protocol"] else {} for r in found}
+
+
+def score_protocols(con, run: str) -> dict[tuple[str, str], dict]:
+    """(system, benchmark) -> its score record's "protocol" (benchmark_protocol, detector, judge,
+    deviations)."""
+    found = rows(
+        con,
+        "SELECT system, benchmark, protocol FROM eval_protocols WHERE run_id = ? ORDER BY system, benchmark",
+        [run],
+    )
+    return {(r["system"], r["benchmark"]): json.loads(r["protocol"]) if r["protocol"] else {} for r in found}

@@ -7,6 +7,7 @@ from typing import Literal
 
 from workflow_scripts.config.typed import doc
 from workflow_scripts.data.config import RLDataConfig
+from workflow_scripts.models.config import BACKBONES
 from workflow_scripts.reward.config import RewardsConfig
 from workflow_scripts.train.config import LoopConfig, LoraConfig
 
@@ -76,12 +77,34 @@ class GRPOTaskConfig(RLTaskConfig):
         _check_cycles(self.loop, self.grpo)
 
 
+ColdStartMode = Literal["hidden_states", "caption_text"]
+COLDSTART_MODES = ("hidden_states", "caption_text")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ColdStartConfig(RLTaskConfig):
-    """Unified-GRPO step 1: the decoder learns to redraw from the encoder's own captions by backpropagating a
-    differentiable semantic reconstruction loss (1 - R) through the last denoising steps (DRaFT-K)."""
+    """Unified-GRPO step 1: a differentiable semantic reconstruction loss (1 - R), backpropagated through
+    the last denoising steps (DRaFT-K), initialises the decoder (and, in hidden_states mode, the encoder)."""
 
     enabled: bool = doc("Run the cold start; if false, RL starts from the pretrained models.")
+    mode: ColdStartMode = doc(
+        "'hidden_states' (release, modeling_longcontext.py): the encoder's LLM reads image + instruction + "
+        "caption answer (teacher-forced) and the projected last hidden states of the answer tokens condition "
+        "the DiT; the loss trains the LLM's LoRA (encoder_lora), the projector and the DiT's LoRA together, "
+        "and the stage exports an encoder and a decoder. 'caption_text': the caption is re-read as a text "
+        "turn by the frozen pretrained LLM; only the projector and the DiT's LoRA train."
+    )
+    encoder_lora: LoraConfig = doc(
+        "hidden_states mode: the LoRA on the encoder's LLM (release: r 32, alpha 64, all linear, gaussian)."
+    )
+    caption_source: Literal["dataset", "sampled"] = doc(
+        "The caption answer of each image: 'dataset' (the RL split's caption, the release's training "
+        "sample) or 'sampled' (the encoder's own caption at caption_temperature, fixed per image)."
+    )
+    alphas: dict[str, float] = doc(
+        "Loss = 1 - sum_k alpha_k cos(f_k(x), f_k(x')) over these reward backbones (release: the CLIP "
+        "ViT-L/14 image-image score alone, {clip: 1.0})."
+    )
     sample_steps: int = doc("Euler steps from noise to image.")
     grad_steps: int = doc("Gradients flow through only the last K steps (DRaFT-K), bounding memory.")
     caption_temperature: float = doc("Temperature of the encoder's caption of each image (fixed per image).")
@@ -89,6 +112,14 @@ class ColdStartConfig(RLTaskConfig):
     def __post_init__(self) -> None:
         if not 1 <= self.grad_steps <= self.sample_steps:
             raise ValueError("need 1 <= grad_steps <= sample_steps")
+        unknown = set(self.alphas) - set(BACKBONES)
+        if unknown or not self.alphas:
+            raise ValueError(f"alphas must weight some of {list(BACKBONES)}, got {sorted(self.alphas)}")
+
+    @property
+    def trains_encoder(self) -> bool:
+        """Whether the cold start exports an encoder too (its directory then holds both models)."""
+        return self.enabled and self.mode == "hidden_states"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -129,7 +160,15 @@ class RLConfig:
     coldstart: ColdStartConfig = doc("Unified-GRPO step 1.")
     encoder: EncoderRLConfig = doc("Stage 2a.")
     decoder: DecoderRLConfig = doc("Stage 2b.")
+    reader: Literal["captioner", "pretrained"] = doc(
+        "The LLM through which a system's decoder reads its prompts and captions. 'captioner' (release: one "
+        "LoRA-adapted LLM captions and conditions): the system's captioner, adapter included; Stage 2a's "
+        "rollouts condition the frozen decoder through the policy's LLM. 'pretrained' (ablation): the "
+        "frozen encoder RL starts from (the pretrained encoder, or the cold start's in hidden_states mode), "
+        "so 2a changes only the caption text."
+    )
     variants: list[Variant] = doc(
-        "Ablation variants to build: 'none' (pretrained pair), 'coldstart', '2a', '2b', '2a+2b' (2b on "
-        "the 2a encoder, the paper's order). RL variants start from the cold start when it is enabled."
+        "Ablation variants to build: 'none' (pretrained pair), 'coldstart' (cold start, no RL), '2a', '2b', "
+        "'2a+2b' (2b on the 2a encoder, the paper's order). RL variants start from the cold start when it "
+        "is enabled."
     )

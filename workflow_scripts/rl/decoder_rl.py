@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from workflow_scripts.data.shards import ShardDataset
+from workflow_scripts.models.conditioning import ConditioningSpec, condition
 from workflow_scripts.models.decoder import Decoder, export_decoder
-from workflow_scripts.models.encoder import Encoder
+from workflow_scripts.models.encoder import CaptionPrompt, Encoder
 from workflow_scripts.reward.functions import RewardInputs, RewardModel
 from workflow_scripts.reward.pixels import to_pil, to_unit
 from workflow_scripts.rl import grpo
@@ -37,6 +38,7 @@ class FlowStep:
     x: torch.Tensor
     x_next: torch.Tensor
     prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor  # read with the captions (release conditioning pads them together)
     advantages: torch.Tensor
     stats: dict[str, float]
     old_logp: torch.Tensor | None = field(default=None, repr=False)
@@ -46,14 +48,14 @@ class FlowStep:
 class DecoderGRPO:
     cfg: DecoderRLConfig
     captioner: Encoder  # frozen: one caption per image
-    text_encoder: Encoder  # frozen: the LLM the decoder reads captions with
+    text_encoder: Encoder  # frozen: the LLM the decoder reads captions with (rl.reader: the captioner)
     decoder: Decoder
     reward: RewardModel
     dataset: ShardDataset
     plan: BatchPlan
     seed: int
-    instruction: str
-    role: str
+    instruction: CaptionPrompt
+    conditioning: ConditioningSpec
     max_text_tokens: int
     samples: SampleWriter
     start: Path
@@ -68,10 +70,6 @@ class DecoderGRPO:
         self.schedule = Schedule.of(self.decoder.scheduler, self.cfg.train_steps)
         self.trained_steps = max(1, int(self.schedule.steps * self.cfg.train_timestep_fraction))
         self.captions: dict[int, str] = {}
-        with torch.no_grad():
-            self.negative = self.decoder.projector(
-                *self.text_encoder.text_states([""], self.role, self.max_text_tokens)
-            )
         return self.policy
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[FlowStep]:
@@ -98,8 +96,8 @@ class DecoderGRPO:
             for s in chunk:
                 record = self.dataset[s.index]
                 caption = self._caption(s.index, record.image)
-                embeds = self.decoder.projector(
-                    *self.text_encoder.text_states([caption], self.role, self.max_text_tokens)
+                embeds, negative = condition(
+                    self.text_encoder, self.decoder.projector, [caption], self.conditioning
                 )
                 seeds = [derive_seed(self.seed, "images", s.position, g) for g in range(G)]
                 noise, generators = initial_noise(self.decoder.latent_shape(self.cfg.resolution), seeds)
@@ -107,7 +105,7 @@ class DecoderGRPO:
                 traj = sample(
                     self.policy,
                     embeds.expand(G, -1, -1),
-                    self.negative,
+                    negative,
                     pooled,
                     noise,
                     self.schedule,
@@ -122,6 +120,7 @@ class DecoderGRPO:
                         "record": record,
                         "caption": caption,
                         "embeds": embeds,
+                        "negative": negative,
                         "traj": traj,
                         "images": images,
                         "rewards": rewards,
@@ -152,11 +151,12 @@ class DecoderGRPO:
         for count in per_chunk:
             part = rollouts[offset : offset + count]
             adv = advantages[offset * G : (offset + count) * G]
-            embeds = torch.cat([r["embeds"].expand(G, -1, -1) for r in part])
+            embeds = _padded_cat([r["embeds"].expand(G, -1, -1) for r in part])
+            negative = _padded_cat([r["negative"].expand(G, -1, -1) for r in part])
             for i in range(self.trained_steps):
                 x = torch.cat([r["traj"].latents[i] for r in part])
                 x_next = torch.cat([r["traj"].latents[i + 1] for r in part])
-                steps.append(FlowStep(i, x, x_next, embeds, adv, stats))
+                steps.append(FlowStep(i, x, x_next, embeds, negative, adv, stats))
             offset += count
         self.policy.train()
         return steps
@@ -171,7 +171,7 @@ class DecoderGRPO:
             batch.x.to(device, batch.prompt_embeds.dtype),
             self.schedule.timesteps[i],
             batch.prompt_embeds,
-            self.negative,
+            batch.negative_embeds,
             pooled,
             self.cfg.guidance_scale,
         )
@@ -209,3 +209,10 @@ class DecoderGRPO:
         export_decoder(
             self.decoder, model, out_dir, lora=True, final=final, start=self.start, metadata=self.metadata
         )
+
+
+def _padded_cat(embeds: list[torch.Tensor]) -> torch.Tensor:
+    """Rows of several captions in one micro-batch, zero-padded to the longest (release conditioning gives
+    each caption its own length; with one caption per micro-batch nothing is padded)."""
+    width = max(e.shape[1] for e in embeds)
+    return torch.cat([torch.nn.functional.pad(e, (0, 0, 0, width - e.shape[1])) for e in embeds])

@@ -2,21 +2,27 @@
 
 Per image the policy samples G captions; the frozen decoder redraws each one from the same diffusion
 noise (the caption is the only thing that differs); the reward scores each redraw against the original.
-The decoder reads captions through the LLM with the adapter disabled, i.e. the pretrained encoder's
-LLM it was trained with, so the caption text is the only thing the policy changes.
+With ``rl.reader: captioner`` (the release: one LLM captions and conditions) the decoder reads the
+captions through the policy's LLM, adapter enabled, so the policy changes both the caption text and how
+it is read; the reward is computed without gradient (GRPO's gradient reaches the policy through the
+caption tokens' log-probabilities only). With ``reader: pretrained`` (ablation) it reads them with the
+adapter disabled, the encoder RL started from, so only the caption text changes. The KL reference is
+the adapter-disabled policy either way.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from workflow_scripts.data.shards import ShardDataset
+from workflow_scripts.models.conditioning import ConditioningSpec, condition
 from workflow_scripts.models.decoder import Decoder
-from workflow_scripts.models.encoder import Encoder, export_encoder
+from workflow_scripts.models.encoder import CaptionPrompt, Encoder, export_encoder
 from workflow_scripts.reward.functions import RewardInputs, RewardModel
 from workflow_scripts.reward.pixels import to_unit
 from workflow_scripts.rl import grpo
@@ -62,11 +68,12 @@ class EncoderGRPO:
     dataset: ShardDataset
     plan: BatchPlan
     seed: int
-    instruction: str
-    role: str
+    instruction: CaptionPrompt
+    conditioning: ConditioningSpec
     max_text_tokens: int
     samples: SampleWriter
     start: Path
+    reader: str = "captioner"  # rl.reader
     name: str = "rl_encoder"
 
     def trainable(self) -> torch.nn.Module:
@@ -74,12 +81,15 @@ class EncoderGRPO:
         self.policy = add_lora(self.encoder.model, self.cfg.lora, scope="language_model")
         self.encoder.model = self.policy
         self.cycles = Cycles(self.cfg.grpo)
-        self.negative = None
         return self.policy
 
     # --- rollout ---------------------------------------------------------------------------------
     def micro_batches(self, step: int, rank: int, world: int) -> list[CaptionGroups]:
         return self.cycles.get(step, lambda s: self._rollout(s, rank, world))
+
+    def reading(self):
+        """Context in which the policy's LLM is the decoder's caption reader (see the module doc)."""
+        return nullcontext() if self.reader == "captioner" else self.policy.disable_adapter()
 
     @torch.no_grad()
     def _rollout(self, step: int, rank: int, world: int) -> list[CaptionGroups]:
@@ -149,17 +159,12 @@ class EncoderGRPO:
             t.strip()
             for t in self.encoder.tokenizer.batch_decode(completions * mask, skip_special_tokens=True)
         ]
-        with self.policy.disable_adapter():
-            hidden, text_mask = self.encoder.text_states(captions, self.role, self.max_text_tokens)
-            if self.negative is None:
-                self.negative = self.decoder.projector(
-                    *self.encoder.text_states([""], self.role, self.max_text_tokens)
-                )
-        embeds = self.decoder.projector(hidden.to(self.decoder.projector.dtype), text_mask)
+        with self.reading():
+            embeds, negative = condition(self.encoder, self.decoder.projector, captions, self.conditioning)
         shared = derive_seed(self.seed, "reconstruction", position)  # same noise for the G captions
         recons = self.decoder.generate(
             embeds,
-            self.negative,
+            negative,
             seeds=[shared] * G,
             steps=self.cfg.reconstruction_steps,
             guidance_scale=self.cfg.guidance_scale,

@@ -11,8 +11,9 @@ from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.harness.context import JobContext
 from workflow_scripts.harness.device import job_device
 from workflow_scripts.harness.stage import finalizer, identity, stage_paths
+from workflow_scripts.models.conditioning import ConditioningSpec
 from workflow_scripts.models.decoder import FORMAT_FILE, load_decoder
-from workflow_scripts.models.encoder import load_encoder
+from workflow_scripts.models.encoder import CaptionPrompt, load_encoder
 from workflow_scripts.reward.backbones import load_backbones, reward_backbone_inputs
 from workflow_scripts.reward.functions import RewardModel
 from workflow_scripts.rl.coldstart import ColdStart
@@ -67,9 +68,9 @@ def _common(ctx: JobContext, stage: str, resolution: int, loop):
         dataset,
         plan,
         {
-            "role": reading.conditioning_role,
+            "conditioning": ConditioningSpec.of(reading),
             "max_text_tokens": reading.max_text_tokens,
-            "instruction": ctx.cfg.inference.caption.instruction,
+            "instruction": CaptionPrompt.of(ctx.cfg.inference.caption),
         },
     )
 
@@ -83,7 +84,7 @@ def coldstart(ctx: JobContext) -> dict:
     encoder.model.to(device)
     decoder = load_decoder(ctx.input("decoder"))
     decoder.vae.to(device, dtype)
-    alphas = dict(ctx.cfg.rl.rewards.reconstruction.alphas)
+    alphas = dict(cfg.alphas)
     task = ColdStart(
         cfg,
         encoder,
@@ -95,6 +96,7 @@ def coldstart(ctx: JobContext) -> dict:
         seed,
         start=ctx.input("decoder"),
         metadata=_decoder_metadata(ctx.input("decoder"), cfg.resolution),
+        encoder_start=ctx.input("encoder"),
         **reading,
     )
     return _run(ctx, task, cfg.loop, dataset)
@@ -120,6 +122,7 @@ def encoder(ctx: JobContext) -> dict:
         seed,
         samples=samples,
         start=ctx.input("encoder"),
+        reader=ctx.cfg.rl.reader,
         **reading,
     )
     return _run(ctx, task, cfg.loop, dataset)
@@ -159,6 +162,16 @@ def decoder(ctx: JobContext) -> dict:
     return _run(ctx, task, cfg.loop, dataset)
 
 
+def protocol(rl, variant: str) -> dict[str, str]:
+    """How a variant was built, for the report: which LLM reads its prompts (``rl.reader``) and how its
+    cold start trained (``rl.coldstart.mode``; 'none' when the variant has no cold start)."""
+    cold = rl.coldstart.enabled and variant != "none"
+    return {
+        "reader": "captioner" if variant == "none" else rl.reader,
+        "coldstart": rl.coldstart.mode if cold else "none",
+    }
+
+
 def variant(ctx: JobContext) -> dict:
     """Record which captioner, caption reader (the decoder's LLM) and decoder make up an ablation variant."""
     name = ctx.spec.wildcards["variant"]
@@ -167,6 +180,7 @@ def variant(ctx: JobContext) -> dict:
         "captioner": str(ctx.input("captioner")),
         "text_encoder": str(ctx.input("text_encoder")),
         "decoder": str(ctx.input("decoder")),
+        "protocol": {**protocol(ctx.cfg.rl, name), "conditioning": ctx.cfg.models.decoder.conditioning},
         "selections": {
             k.removeprefix("selection_"): v for k, v in ctx.spec.inputs.items() if k.startswith("selection_")
         },

@@ -16,12 +16,13 @@ from transformers import (
 
 from workflow_scripts.tiny.uae import train_bpe
 from workflow_scripts.unitoken.config import TinyLMSpec, TinyVisionSpec, TinyVQSpec
-from workflow_scripts.unitoken.sequence import TOKEN_NAMES, code_token_name
+from workflow_scripts.unitoken.sequence import GRID_TOKENS, TOKEN_NAMES, code_token_name, grid_token_name
 from workflow_scripts.unitoken.vq import vq_config
 
 
 def build_lm(spec: TinyLMSpec, vq: TinyVQSpec, seed: int, corpus: list[str], out_dir: Path) -> None:
-    """Chameleon's layout: text BPE with its special tokens, then one token per image code."""
+    """Chameleon's layout: text BPE with its special tokens (the new-line among them), one token per
+    image code, then the grid-size tokens ``<reserved{8800+n}>`` of the released image layout."""
     core = train_bpe(corpus, spec.text_vocab_size, list(TOKEN_NAMES.values()))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
@@ -30,6 +31,7 @@ def build_lm(spec: TinyLMSpec, vq: TinyVQSpec, seed: int, corpus: list[str], out
         pad_token=TOKEN_NAMES["pad"],
     )
     tokenizer.add_tokens([code_token_name(c) for c in range(vq.codebook_size)], special_tokens=True)
+    tokenizer.add_tokens([grid_token_name(n) for n in GRID_TOKENS], special_tokens=True)
     vocabulary = tokenizer.get_vocab()
     config = ChameleonConfig(
         vocab_size=len(tokenizer),

@@ -1,9 +1,10 @@
-"""Resumable checkpoints: accelerate's full training state, written atomically, tied to a run identity.
+"""Resumable checkpoints: the engine's full training state, written atomically, tied to a run identity.
 
 Layout under the stage's checkpoint folder::
 
-    step_00000040/   accelerate.save_state output (model, optimizer, RNG of every rank, registered
-                     objects such as the LR schedule) + checkpoint.json (step, identity)
+    step_00000040/   the engine's save_state output (train/engines.py: accelerate's save_state for ddp,
+                     sharded torch.distributed.checkpoint files for fsdp, DeepSpeed's checkpoint for
+                     deepspeed; always the LR schedule and the RNG of every rank) + checkpoint.json
         model/       the model as HF/safetensors directories (the stage's export, adapters unmerged),
                      loadable with from_pretrained like the stage's final output
     stale-<time>/    checkpoints of an earlier identity (config or inputs changed), moved aside
@@ -35,14 +36,14 @@ class Checkpointer:
     def __init__(
         self,
         folder: str | os.PathLike,
-        accelerator,
+        engine,
         identity: str,
         cfg: CheckpointConfig,
         export: Callable[[Path], None] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.export = export
-        self.accelerator = accelerator
+        self.engine = engine
         self.identity = identity
         self.cfg = cfg
         self.last_saved: int | None = None
@@ -63,17 +64,17 @@ class Checkpointer:
 
     def resume(self) -> int:
         """Load the newest checkpoint of this identity; return its step (0 when starting fresh)."""
-        acc = self.accelerator
-        if acc.is_main_process:
+        engine = self.engine
+        if engine.is_main_process:
             self._set_aside_foreign()
-        acc.wait_for_everyone()
+        engine.wait_for_everyone()
         latest = self.latest()
         if latest is None:
             return 0
         step, path = latest
-        acc.load_state(str(path))
+        engine.load_state(str(path))
         self.last_saved = step
-        if acc.is_main_process:
+        if engine.is_main_process:
             log.info("resumed from %s (step %d)", path, step)
         return step
 
@@ -101,20 +102,20 @@ class Checkpointer:
             self.save(step)
 
     def save(self, step: int) -> Path:
-        acc = self.accelerator
+        engine = self.engine
         if stop.aborted():
             stop.abort_now(f"checkpoint step {step}")
         target = self.folder / f"step_{step:08d}"
         tmp = self.folder / f".tmp-step_{step:08d}"
-        if acc.is_main_process:
+        if engine.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if self.export is not None:
-                self.export(tmp / "model")
+        engine.wait_for_everyone()
+        engine.save_state(str(tmp))
+        engine.wait_for_everyone()
+        if self.export is not None:  # collective (sharded engines gather the weights); rank 0 writes
+            self.export(tmp / "model")
+        if engine.is_main_process:
             (tmp / META).write_text(
                 json.dumps({"step": step, "identity": self.identity, "time": time.time()})
             )
@@ -125,7 +126,7 @@ class Checkpointer:
                 shutil.rmtree(target)
             os.replace(tmp, target)
             self._prune()
-        acc.wait_for_everyone()
+        engine.wait_for_everyone()
         self.last_saved = step
         return target
 

@@ -54,9 +54,15 @@ class LoopConfig:
         "Samples per process per forward pass; accumulation = batch_size / (micro_batch_size * world)."
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = doc("accelerate mixed precision ('no' on CPU).")
-    distributed: Literal["ddp", "fsdp"] = doc(
-        "How accelerate wraps the trainable model across processes (FSDP shards parameters, "
-        "gradients and optimiser state)."
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = doc(
+        "How the trainable model is spread over processes (train/engines.py): 'ddp' (accelerate; a full "
+        "replica per process), 'fsdp' (FSDP2 fully_shard per block: parameters, gradients and optimiser "
+        "state sharded; sharded checkpoints) or 'deepspeed' (ZeRO stage zero_stage)."
+    )
+    zero_stage: Literal[2, 3] = doc(
+        "DeepSpeed ZeRO stage when distributed = 'deepspeed': 2 shards optimiser state and gradients, "
+        "3 also the parameters. Ignored by ddp and fsdp.",
+        default=2,
     )
     gradient_checkpointing: bool = doc("Recompute activations in backward to save memory.")
     log_every: int = doc("Write a metrics line every this many steps.")
@@ -66,6 +72,11 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError("steps must be >= 1")
+        if self.distributed == "fsdp" and self.mixed_precision == "fp16":
+            raise ValueError(
+                "mixed_precision 'fp16' needs a gradient scaler, which the fsdp engine does not run; "
+                "use 'bf16' (or distributed 'ddp'/'deepspeed')"
+            )
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"

@@ -1,7 +1,8 @@
-"""Process groups and the accelerate wrapper. Model code never touches ranks or devices; this module does.
+"""The process-group environment. Model code never touches ranks or devices; this module and the engines
+(``train/engines.py``) do.
 
 Inside a submitit job with several tasks, submitit's ``TorchDistributedEnvironment`` exports RANK,
-WORLD_SIZE, MASTER_ADDR/PORT and LOCAL_RANK; accelerate then initialises torch.distributed from them
+WORLD_SIZE, MASTER_ADDR/PORT and LOCAL_RANK; the engine then initialises torch.distributed from them
 (nccl on GPUs, gloo on CPU).
 """
 
@@ -12,10 +13,6 @@ import os
 import re
 import socket
 import subprocess
-
-import torch
-
-from workflow_scripts.train.config import LoopConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +55,3 @@ def _in_submitit_job() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def make_accelerator(loop: LoopConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import FullyShardedDataParallelPlugin
-
-    export_submitit_environment()
-    on_gpu = torch.cuda.is_available()
-    kwargs = {}
-    if loop.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if not on_gpu:
-            raise RuntimeError(
-                "pretrain/...loop.distributed = 'fsdp' needs GPUs; use 'ddp' on CPU (the tiny preset does)"
-            )
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            fsdp_version=2, reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT"
-        )
-    accelerator = Accelerator(
-        cpu=not on_gpu,
-        mixed_precision=loop.mixed_precision if on_gpu else "no",
-        step_scheduler_with_optimizer=False,
-        **kwargs,
-    )
-    if accelerator.is_main_process:
-        log.info(
-            "accelerate: %s, %d process(es), device %s, mixed precision %s",
-            accelerator.distributed_type,
-            accelerator.num_processes,
-            accelerator.device,
-            accelerator.mixed_precision,
-        )
-    return accelerator

@@ -6,7 +6,6 @@ never decides anything stage-specific, and the checkpointer decides when to save
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -22,7 +21,7 @@ from workflow_scripts.harness.paths import StagePaths
 from workflow_scripts.train import stop
 from workflow_scripts.train.checkpoint import Checkpointer
 from workflow_scripts.train.config import LoopConfig
-from workflow_scripts.train.dist import make_accelerator
+from workflow_scripts.train.engines import make_engine
 from workflow_scripts.train.metrics import MetricsLog
 from workflow_scripts.train.optim import build_optimizer, build_schedule
 
@@ -37,8 +36,9 @@ class TrainTask(Protocol):
     name: str
 
     def trainable(self) -> torch.nn.Module:
-        """The module accelerate wraps; only its parameters with requires_grad are optimised. A task may
-        also define ``param_groups(model) -> [{"params": [...], "lr_scale": s}]`` (lr x s per group)."""
+        """The module the engine (train/engines.py) wraps; only its parameters with requires_grad are
+        optimised. A task may also define ``param_groups(model) -> [{"params": [...], "lr_scale": s}]``
+        (lr x s per group)."""
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[Any]:
         """This process's micro-batches of ``step`` (deterministic in step, rank, world)."""
@@ -67,31 +67,31 @@ def train(
     ``finalize(tmp_dir)`` runs on the main process after ``task.export`` inside the temporary export
     directory (provenance, metrics copy), before it is moved into place.
     """
-    acc = make_accelerator(loop)
-    accumulation = loop.accumulation(acc.num_processes)
+    engine = make_engine(loop)
+    accumulation = loop.accumulation(engine.num_processes)
     model = task.trainable()
     if loop.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
+    model = engine.wrap(model)  # fsdp shards here: the optimiser must see the sharded parameters
     groups = getattr(task, "param_groups", None)  # optional: per-group learning-rate scales
     optimizer = build_optimizer(groups(model) if groups else model.parameters(), loop.optim)
     schedule = build_schedule(optimizer, loop.optim, loop.steps)
-    model, optimizer = acc.prepare(model, optimizer)
-    acc.register_for_checkpointing(schedule)
+    model, optimizer = engine.prepare(model, optimizer, schedule)
     params = [p for p in model.parameters() if p.requires_grad]
 
     checkpointer = Checkpointer(
         paths.checkpoints,
-        acc,
+        engine,
         identity,
         loop.checkpoint,
-        export=lambda folder: task.export(acc.unwrap_model(model), folder, final=False),
+        export=lambda folder: engine.export(model, lambda full: task.export(full, folder, final=False)),
     )
     start = checkpointer.resume()
-    if start and acc.is_main_process:  # the launcher relays this line to the rule's log after a requeue
+    if start and engine.is_main_process:  # the launcher relays this line to the rule's log after a requeue
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         log.info("%s: resumed at step %d (restart %s)", task.name, start, restart)
-    metrics = MetricsLog(paths.metrics, enabled=acc.is_main_process, resume_step=start)
-    if acc.is_main_process:
+    metrics = MetricsLog(paths.metrics, enabled=engine.is_main_process, resume_step=start)
+    if engine.is_main_process:
         trainable = sum(p.numel() for p in params)
         log.info(
             "%s: steps %d..%d, global batch %d = %d micro x %d processes x %d accumulation, %d trainable",
@@ -100,7 +100,7 @@ def train(
             loop.steps,
             loop.batch_size,
             loop.micro_batch_size,
-            acc.num_processes,
+            engine.num_processes,
             accumulation,
             trainable,
         )
@@ -112,28 +112,27 @@ def train(
         total=loop.steps,
         desc=task.name,
         unit="step",
-        disable=not acc.is_main_process,
+        disable=not engine.is_main_process,
         mininterval=2.0,
     )
     with stop.training():
         for step in progress:
             began = time.perf_counter()
-            micro = task.micro_batches(step, acc.process_index, acc.num_processes)
+            micro = task.micro_batches(step, engine.process_index, engine.num_processes)
             if not micro or len(micro) % accumulation:
                 # a task may split each sample chunk further (Flow-GRPO: one micro-batch per denoising step)
                 raise RuntimeError(f"{task.name}: {len(micro)} micro-batches for accumulation {accumulation}")
-            loss_sum = torch.zeros((), device=acc.device)
+            loss_sum = torch.zeros((), device=engine.device)
             extras: dict[str, float] = {}
             for i, batch in enumerate(micro):
-                syncing = i == len(micro) - 1
-                with contextlib.nullcontext() if syncing else acc.no_sync(model):
+                with engine.micro_step(model, last=i == len(micro) - 1):
                     loss, logs = task.loss(model, batch, step)
-                    acc.backward(loss / len(micro))
+                    engine.backward(loss / len(micro))
                 loss_sum += loss.detach() / len(micro)
                 for key, value in logs.items():
                     extras[key] = extras.get(key, 0.0) + float(value) / len(micro)
-            loss_mean = acc.reduce(loss_sum, reduction="mean")
-            grad_norm = _grad_norm(acc, params, loop.optim.grad_clip)
+            loss_mean = engine.reduce(loss_sum)
+            grad_norm = engine.optimizer_step(params, loop.optim.grad_clip)  # no update when non-finite
             if not (torch.isfinite(loss_mean) and torch.isfinite(grad_norm)):
                 last = checkpointer.latest()
                 where = f"{last[1]} (step {last[0]})" if last else "none yet"
@@ -142,9 +141,6 @@ def train(
                     f"{step + 1}; nothing was saved after it. Last good checkpoint: {where}. Lower the "
                     "learning rate or enable gradient clipping, then re-run the rule: it resumes from there."
                 )
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
             if stop.aborted():  # SIGTERM: the job is going away; a requeued run may already be resuming
                 stop.abort_now(f"{task.name} after step {step + 1}")
 
@@ -152,13 +148,12 @@ def train(
             done = step + 1
             if done % loop.log_every == 0 or done == loop.steps:
                 reduced = {
-                    k: acc.reduce(torch.tensor(v, device=acc.device), reduction="mean").item()
-                    for k, v in extras.items()
+                    k: engine.reduce(torch.tensor(v, device=engine.device)).item() for k, v in extras.items()
                 }
                 metrics.log(
                     done,
                     loss=loss_mean.item(),
-                    lr=schedule.get_last_lr()[0],
+                    lr=engine.last_lr(),
                     grad_norm=grad_norm.item(),
                     step_seconds=elapsed,
                     samples_per_second=loop.batch_size / elapsed,
@@ -166,49 +161,45 @@ def train(
                 )
             progress.set_postfix(loss=f"{loss_mean.item():.4f}")
             checkpointer.maybe_save(done, final=done == loop.steps)
-            if _stop_requested(acc) and done < loop.steps:
-                _checkpoint_and_requeue(task.name, done, checkpointer, acc)
+            if _stop_requested(engine) and done < loop.steps:
+                _checkpoint_and_requeue(task.name, done, checkpointer, engine)
     metrics.close()
     if stop.aborted():
         stop.abort_now(f"{task.name} before its final export")
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+    engine.wait_for_everyone()
+
+    def write_final(full: torch.nn.Module) -> None:  # main process only; the gather is collective
         with atomic.directory(paths.final) as tmp:
-            task.export(acc.unwrap_model(model), tmp, final=True)
+            task.export(full, tmp, final=True)
             if finalize is not None:
                 finalize(tmp)
         log.info("%s: exported %s", task.name, paths.final)
-    acc.wait_for_everyone()
-    acc.end_training()
-    return {"steps": loop.steps, "resumed_from": start, "world_size": acc.num_processes}
+
+    engine.export(model, write_final, final=True)
+    engine.wait_for_everyone()
+    engine.end()
+    return {"steps": loop.steps, "resumed_from": start, "world_size": engine.num_processes}
 
 
-def _stop_requested(acc) -> bool:
+def _stop_requested(engine) -> bool:
     """Whether any process got USR2. Every process must stop at the same step (checkpointing is
     collective), and Slurm may deliver the signal to the ranks at different moments: agree on it."""
     local = stop.requested() == stop.Stop.CHECKPOINT
-    if acc.num_processes == 1:
+    if engine.num_processes == 1:
         return local
-    flags = acc.gather(torch.tensor([int(local)], device=acc.device))
+    flags = engine.gather(torch.tensor([int(local)], device=engine.device))
     return bool(flags.max().item())
 
 
-def _checkpoint_and_requeue(name: str, done: int, checkpointer: Checkpointer, acc) -> None:
+def _checkpoint_and_requeue(name: str, done: int, checkpointer: Checkpointer, engine) -> None:
     """USR2 (preemption or the time limit is near): save the step just finished, then let submitit
     requeue the job; the requeued run resumes at step ``done``."""
     if checkpointer.last_saved != done:
         checkpointer.save(done)
-    if acc.is_main_process:
+    if engine.is_main_process:
         log.warning("%s: SIGUSR2: saved step %d before requeue; the next run resumes there", name, done)
     stop.proceed()  # rank 0 requeues and exits here inside a submitit job
     raise stop.TrainingStopped(f"{name}: stopped after step {done} for a requeue (checkpoint saved)")
-
-
-def _grad_norm(acc, params: list[torch.nn.Parameter], clip: float) -> torch.Tensor:
-    if clip > 0:
-        return torch.as_tensor(acc.clip_grad_norm_(params, clip), device=acc.device).float()
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros((), device=acc.device)
 
 
 def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -1,8 +1,9 @@
 """UniToken: a Chameleon LM that reads every image twice, as VQ codes and as SigLIP features.
 
-An image in the sequence is ``<start-of-image> codes <separator> continuous <end-of-image>``: the codes
-are the VQ tokenizer's indices mapped to the LM's image-code tokens, the continuous positions hold
-``<image>`` placeholders whose embeddings are replaced by adapter(SigLIP(image)) features.
+An image in the sequence is ``<start-of-image> <grid h> <grid w> (codes <new-line>) x rows <separator>
+continuous <end-of-image>`` (the released layout, ``sequence.py``): the codes are the VQ tokenizer's
+indices mapped to the LM's image-code tokens, the continuous positions hold ``<image>`` placeholders
+whose embeddings are replaced by adapter(SigLIP(image)) features.
 
 Logits are ``lm_head(model(...))`` rather than ``ChameleonForConditionalGeneration.forward``: that
 forward sets every image-code logit to -inf (transformers' Chameleon only writes text), which would
@@ -90,7 +91,11 @@ class UniToken(nn.Module):
         self.layout.tokenizer.save_pretrained(out_dir / "lm")
         self.vision.save_pretrained(out_dir / "vision")
         save_file({k: v.contiguous() for k, v in self.adapter.state_dict().items()}, out_dir / ADAPTER_FILE)
-        (out_dir / META_FILE).write_text(json.dumps({"token_ids": asdict(self.layout.ids)}, indent=2))
+        self.write_meta(self.layout, out_dir)
+
+    @staticmethod
+    def write_meta(layout: Layout, out_dir: Path) -> None:
+        (Path(out_dir) / META_FILE).write_text(json.dumps({"token_ids": asdict(layout.ids)}, indent=2))
 
     @classmethod
     def from_pretrained(cls, path: Path | str, *, dtype: torch.dtype = torch.float32) -> UniToken:

@@ -13,6 +13,7 @@ from PIL import Image
 from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.unitoken import records as token_files
 from workflow_scripts.unitoken.config import PretokenizeConfig
+from workflow_scripts.unitoken.records import upright
 from workflow_scripts.unitoken.sequence import (
     RecordError,
     longcap_conversations,
@@ -74,7 +75,7 @@ def _conversation_records(path: Path, n: int, entry: dict) -> list[dict]:
 def _open(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return upright(image)
     except Exception as err:  # any unreadable file is a rejected record, never a crash
         raise RecordError(f"unreadable image {path}: {type(err).__name__}: {err}") from None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageOps
 
 SCHEMA = pa.schema(
     [
@@ -45,6 +45,12 @@ def rejected_file(folder: Path, shard: int) -> Path:
     return Path(folder) / f"rejected-{shard:05d}.jsonl"
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """RGB pixels as the camera meant them: a photo's EXIF orientation applied (phone pictures are
+    stored sideways with an orientation tag; without it the VQ codes and SigLIP see a rotated image)."""
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -74,5 +80,5 @@ class TokenRecords:
     def __getitem__(self, position: int) -> dict:
         row = self.rows[position]
         record = self._shard(row["shard"]).slice(row["row"], 1).to_pylist()[0]
-        record["images"] = [Image.open(io.BytesIO(b)).convert("RGB") for b in record["images"]]
+        record["images"] = [upright(Image.open(io.BytesIO(b))) for b in record["images"]]
         return record

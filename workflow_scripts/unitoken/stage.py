@@ -21,7 +21,6 @@ from workflow_scripts.unitoken import records as token_files
 from workflow_scripts.unitoken.model import UniToken
 from workflow_scripts.unitoken.pretokenize import encoded, units
 from workflow_scripts.unitoken.sequence import (
-    IGNORE,
     Layout,
     RecordError,
 )
@@ -71,7 +70,7 @@ def pretokenize(ctx: JobContext) -> dict:
                 input_ids, labels = layout.encode(candidate["turns"], [codes for _, codes in images])
                 if len(input_ids) > cfg.pretokenize.max_length:
                     raise RecordError(f"{len(input_ids)} tokens > max_length {cfg.pretokenize.max_length}")
-                if all(label == IGNORE for label in labels):
+                if not any(turn.get("from") == "gpt" for turn in candidate["turns"]):
                     raise RecordError("nothing to learn: no gpt turn")
             except RecordError as err:
                 rejected.append({"record_id": candidate["record_id"], "reason": str(err)})
@@ -153,6 +152,14 @@ def train_stage(ctx: JobContext) -> dict:
     return {**summary, **extra}
 
 
+# what the report shows per system (issue 17): UniToken reads and draws with its own LM
+PROTOCOL = {
+    "reader": "own LM (VQ codes + SigLIP features)",
+    "coldstart": "none (UniToken's align / joint / instruct stages)",
+    "conditioning": "released Lumina-mGPT image layout: grid sizes, rows + new-line, CFG from image start",
+}
+
+
 def unitoken_system(ctx: JobContext) -> dict:
     """The record the benchmarks load: UniToken after its last stage, with the VQ tokenizer's decoder."""
     record = {
@@ -161,6 +168,7 @@ def unitoken_system(ctx: JobContext) -> dict:
         "model": str(ctx.input("model")),
         "vq": str(ctx.input("vq")),
         "config_hash": ctx.config_hash,
+        "protocol": PROTOCOL,
     }
     atomic.write_json(ctx.output("system"), record)
     return record

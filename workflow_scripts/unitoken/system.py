@@ -9,7 +9,13 @@ from PIL import Image
 
 from workflow_scripts.unitoken.config import UniTokenConfig
 from workflow_scripts.unitoken.model import UniToken
-from workflow_scripts.unitoken.sampling import Sampling, image_code_mask, sample, text_mask
+from workflow_scripts.unitoken.sampling import (
+    AllowedTokens,
+    Sampling,
+    drawing_processors,
+    sample,
+    text_mask,
+)
 from workflow_scripts.unitoken.vq import VQTokenizer, to_images, to_pixels
 
 
@@ -31,7 +37,7 @@ class UniTokenSystem:
         tokens = sample(
             self.model,
             layout.caption_prompt(codes[0], instruction),
-            text_mask(self.model),
+            [AllowedTokens(text_mask(self.model))],
             Sampling(steps=max_tokens, temperature=temperature, stop_token=layout.ids.end_of_turn),
             seed=seed,
             pixel_values=self.model.vision_pixels([image]).to(self.device),
@@ -54,32 +60,27 @@ class UniTokenSystem:
 
     @torch.no_grad()
     def draw(self, prompts: list[str], seeds: list[int], resolution: int) -> list[Image.Image]:
-        """Each image: grid² codes sampled from image-code logits only (CFG, top-k), then VQ-decoded."""
+        """Each image in the released layout after <start-of-image> (grid sizes, rows of codes each
+        ended by a new-line, end; CFG from the image start, top-k over codes), then VQ-decoded."""
         layout, sampling = self.model.layout, self.cfg.sampling
-        grid = self.vq.grid
-        codes_only = image_code_mask(self.model)
+        rows = cols = self.vq.grid
         pictures = []
         for prompt, seed in zip(prompts, seeds, strict=True):
             tokens = sample(
                 self.model,
                 layout.generation_prompt(prompt, self.cfg.pretokenize.generate_instruction),
-                codes_only,
+                drawing_processors(self.model, rows, cols, sampling.cfg_scale),
                 Sampling(
-                    steps=grid * grid,
+                    steps=layout.drawn_length(rows, cols),
                     temperature=sampling.image_temperature,
                     top_k=sampling.image_top_k,
-                    cfg_scale=sampling.cfg_scale,
                 ),
                 seed=seed,
-                unconditional=layout.unconditional_prompt(),
             )
-            codes = self.tokens_to_codes(tokens).view(1, grid, grid).to(self.device)
+            codes = layout.codes_of_drawn(tokens, rows, cols).unsqueeze(0).to(self.device)
             (picture,) = to_images(self.vq.decode(codes))
             pictures.append(picture.resize((resolution, resolution), Image.BICUBIC))
         return pictures
-
-    def tokens_to_codes(self, tokens: list[int]) -> torch.Tensor:
-        return torch.tensor([self.model.layout.token_to_code[t] for t in tokens])
 
 
 def load_unitoken_system(record: dict, cfg: UniTokenConfig, *, device, dtype) -> UniTokenSystem:

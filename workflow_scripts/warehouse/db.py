@@ -28,7 +28,7 @@ from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: jobs.restarts
+SCHEMA_VERSION = 3  # 2: jobs.restarts; 3: systems, eval_protocols
 # every table a complete run fills (schema.sql defines them)
 TABLES = (
     "runs",
@@ -39,6 +39,8 @@ TABLES = (
     "data_images",
     "eval_samples",
     "eval_scores",
+    "eval_protocols",
+    "systems",
     "judgements",
     "paper_tables",
 )
@@ -54,6 +56,7 @@ def _schema_sql() -> str:
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     1: lambda con: con.execute(_schema_sql()),
     2: lambda con: con.execute(_schema_sql()),
+    3: lambda con: con.execute(_schema_sql()),
 }
 
 

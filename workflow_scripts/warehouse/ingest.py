@@ -47,6 +47,13 @@ def training(
                         "value": float(value),
                     }
                 )
+    quality = final / "reconstruction.json"  # an autoencoder's validation figures, at its last step
+    if quality.exists() and metrics:
+        last = max(m["step"] for m in metrics)
+        for name, value in json.loads(quality.read_text()).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                row = {"run_id": run_id, "stage": stage, "step": last, "metric": f"val_{name}"}
+                metrics.append({**row, "value": float(value)})
     chosen = json.loads(selection.read_text()) if selection else None
     scores = {c["step"]: c["metric"] for c in chosen["candidates"]} if chosen else {}
     checkpoints = []
@@ -102,7 +109,11 @@ def evaluation(
         )
     summary = json.loads(scores.read_text())
     flat: dict[str, float] = {}
-    for part in ("overall", "per_task", "correct_images", "correct_prompts", "questions", "images"):
+    # GenEval++ adds all_items (accuracy over every item), missing_images and unparsable (both count wrong)
+    for part in (
+        *("overall", "per_task", "correct_images", "correct_prompts", "questions", "images"),
+        *("all_items", "missing_images", "unparsable"),
+    ):
         if part in summary:
             _flatten("" if part == "per_task" else part, summary[part], flat)
     for name, stats in summary.get("backbones", {}).items():  # Unified-Bench: the average is the column
@@ -113,9 +124,12 @@ def evaluation(
         for k, v in flat.items()
     ]
     key = {"run_id": run_id, "system": system, "benchmark": bench}
+    # a score written before records carried a protocol gets an empty one: the report shows "—"
+    protocol = [{**key, "protocol": json.dumps(summary.get("protocol") or {})}]
     return {
         "eval_samples": replace_rows(con, "eval_samples", key, samples),
         "eval_scores": replace_rows(con, "eval_scores", key, values),
+        "eval_protocols": replace_rows(con, "eval_protocols", key, protocol),
     }
 
 
@@ -274,6 +288,22 @@ def _provenance(run_dir: Path, rule: str, rest: str) -> dict:
     return {**json.loads(path.read_text()), "output": str(final)} if path.exists() else {}
 
 
+def systems(con: duckdb.DuckDBPyConnection, run_id: str, run_dir: Path) -> int:
+    """Every system record (ablation variants, external systems, UniToken) with its "protocol" mapping."""
+    rows = []
+    for path in sorted((run_dir / "variants").glob("*.json")):
+        record = json.loads(path.read_text())
+        rows.append(
+            {
+                "run_id": run_id,
+                "system": path.stem,
+                "protocol": json.dumps(record.get("protocol") or {}),
+                "record": json.dumps(record),
+            }
+        )
+    return replace_rows(con, "systems", {"run_id": run_id}, rows)
+
+
 def run(con: duckdb.DuckDBPyConnection, run_id: str, run_dir: Path) -> dict:
     resolved = json.loads((run_dir / "config.resolved.json").read_text())
     job_rows = jobs(con, run_id, run_dir / "logs" / "jobs.jsonl")
@@ -305,6 +335,7 @@ def run(con: duckdb.DuckDBPyConnection, run_id: str, run_dir: Path) -> dict:
     }
     return {
         "runs": replace_rows(con, "runs", {"run_id": run_id}, [row]),
+        "systems": systems(con, run_id, run_dir),
         "jobs": len(job_rows),
         "stages": stages(con, run_id, run_dir),
         "paper_tables": paper(con),

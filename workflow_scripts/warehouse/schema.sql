@@ -1,4 +1,4 @@
--- umm-pipeline warehouse, schema version 2: the only DDL (applied by workflow_scripts.warehouse.db).
+-- umm-pipeline warehouse, schema version 3: the only DDL (applied by workflow_scripts.warehouse.db).
 -- Every table has a primary key; every ingest deletes its slice and inserts it again in one
 -- transaction, so re-running an ingest never duplicates rows.
 
@@ -108,6 +108,23 @@ CREATE TABLE IF NOT EXISTS eval_scores (
     metric VARCHAR,                   -- overall, per task, per backbone avg/min/max
     value DOUBLE,
     PRIMARY KEY (run_id, system, benchmark, metric)
+);
+
+-- version 3: the protocol each system and each score followed (what the report's protocol table shows)
+CREATE TABLE IF NOT EXISTS systems (
+    run_id VARCHAR,
+    system VARCHAR,
+    protocol JSON,                    -- {reader, coldstart, conditioning}: the record's "protocol" mapping
+    record JSON,                      -- the whole variants/<system>.json record
+    PRIMARY KEY (run_id, system)
+);
+
+CREATE TABLE IF NOT EXISTS eval_protocols (
+    run_id VARCHAR,
+    system VARCHAR,
+    benchmark VARCHAR,
+    protocol JSON,                    -- {benchmark_protocol, detector, judge, deviations: [...]}
+    PRIMARY KEY (run_id, system, benchmark)
 );
 
 CREATE TABLE IF NOT EXISTS judgements (
