@@ -639,3 +639,50 @@ def test_hidden_states_cold_start_resumes_to_the_same_pair(tiny_models, tiny_bac
     assert any(not torch.equal(start[k], final[k]) for k in start if k in final)  # the encoder trained
     rows = [r["loss"] for r in read(tmp_path / "whole/metrics.jsonl")]
     assert rows == [r["loss"] for r in read(tmp_path / "cut/metrics.jsonl")]
+
+
+def test_2a_captions_never_contain_vision_placeholders(tiny_models):
+    """An untrained encoder may prefer <|image_pad|>; fed back with the image in the 2a update, such a
+    caption no longer matches the image's features ("tokens: 18, features: 16"). Captions are text."""
+    from workflow_scripts.rl.common import SampleWriter
+    from workflow_scripts.rl.encoder_rl import EncoderGRPO
+    from workflow_scripts.train.batches import BatchPlan
+
+    cfg = _rl_cfg(
+        rewards={"reconstruction": {"weight": 0.0}, "caption_length": {"weight": 1.0, "target_words": 4}},
+        encoder={"max_new_tokens": 8, "reconstruction_steps": 1, "grpo": {"group_size": 2}},
+    )
+    encoder, decoder = _tiny_pair(tiny_models)
+    records = _records(1)
+    task = EncoderGRPO(
+        cfg.rl.encoder,
+        encoder,
+        decoder,
+        RewardModel(cfg.rl.rewards, {}),
+        records,
+        BatchPlan(1, 1, 1, 0),
+        0,
+        samples=SampleWriter(Path("unused"), cfg.rl.encoder.grpo, enabled=False),
+        start=tiny_models["encoder"],
+        **_reading(cfg),
+    )
+    policy = task.trainable()
+    decoder.generate = lambda embeds, negative, **kwargs: [records[0].image] * len(embeds)
+    vision = encoder.vision_token_ids
+    assert encoder.image_token_id in vision
+
+    def prefer_image_pad(module, inputs, logits):
+        logits[..., encoder.image_token_id] += 1e4
+        return logits
+
+    head = policy.get_output_embeddings()
+    hook = head.register_forward_hook(prefer_image_pad)
+    try:
+        sample = task._sample(0, 0)
+        texts = encoder.caption(
+            [records[0].image], task.instruction, temperature=1.0, max_new_tokens=4, generator_seed=0
+        )
+    finally:
+        hook.remove()
+    assert not torch.isin(sample["completions"], torch.tensor(vision)).any()
+    assert all("<|image_pad|>" not in t for t in texts)

@@ -55,6 +55,14 @@ class Encoder:
         return self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
     @property
+    def vision_token_ids(self) -> list[int]:
+        """Ids of the vision markers and placeholders: a caption may never contain one (fed back with the
+        image, a sampled ``<|image_pad|>`` no longer matches the image's features and the forward fails)."""
+        names = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+        ids = [self.tokenizer.convert_tokens_to_ids(name) for name in names]
+        return [i for i in ids if i is not None and i != self.tokenizer.unk_token_id]
+
+    @property
     def end_of_turn_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
@@ -131,7 +139,9 @@ class Encoder:
         if temperature > 0:
             sampling["temperature"] = temperature
         torch.manual_seed(generator_seed)
-        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        out = self.model.generate(
+            **inputs, max_new_tokens=max_new_tokens, suppress_tokens=self.vision_token_ids, **sampling
+        )
         texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return [t.strip() for t in texts]
 

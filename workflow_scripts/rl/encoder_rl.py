@@ -152,6 +152,7 @@ class EncoderGRPO:
             temperature=self.cfg.temperature,
             max_new_tokens=self.cfg.max_new_tokens,
             num_return_sequences=G,
+            suppress_tokens=self.encoder.vision_token_ids,  # captions are text (see Encoder)
         )
         completions = out[:, prompt["input_ids"].shape[1] :].cpu()
         mask = _through_first(completions, self.encoder.end_of_turn_id)
