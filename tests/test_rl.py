@@ -231,7 +231,10 @@ def test_encoder_grpo_raises_a_learnable_reward(tiny_dag, tmp_path):
 
 @pytest.mark.slow
 def test_decoder_flow_grpo_raises_a_learnable_reward(tiny_dag, tmp_path):
-    """Reward = closeness of the image's mean colour to red: 40 Flow-GRPO steps must move it."""
+    """Reward = closeness of the image's mean colour to red: 40 Flow-GRPO steps must move it. Since the
+    tiny VAE is trained (vae_train), a decoded image's mean colour moves far less per step than a random
+    VAE's did (+0.015 in 40 steps at lr 2e-2, five times the first steps' within-group spread; it was
+    > 0.03 at 5e-3 with the random VAE): the bar is 3 x that spread, and at least 0.01."""
     rl = {
         "rewards": {
             "reconstruction": {"weight": 0.0},
@@ -239,7 +242,7 @@ def test_decoder_flow_grpo_raises_a_learnable_reward(tiny_dag, tmp_path):
         },
         "decoder": {
             "grpo": {"group_size": 4, "sample_every": 1000, "clip_epsilon": 0.2, "beta": 0.0},
-            "loop": _loop(40, 5e-3),
+            "loop": _loop(40, 2e-2),
         },
     }
     command = stage_command(
@@ -257,7 +260,7 @@ def test_decoder_flow_grpo_raises_a_learnable_reward(tiny_dag, tmp_path):
         np.mean([r["reward_mean"] for r in rows[-10:]]),
     )
     spread = np.mean([r["reward_std"] for r in rows[:5]])
-    assert last > first + max(0.03, 3 * spread), [round(r["reward_mean"], 3) for r in rows]
+    assert last > first + max(0.01, 3 * spread), [round(r["reward_mean"], 3) for r in rows]
 
 
 @pytest.mark.slow
