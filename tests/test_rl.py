@@ -425,6 +425,39 @@ def _tiny_pair(tiny_models):
     return encoder, decoder
 
 
+def _caption_length_2a(tiny_models, max_new_tokens: int, reconstruction_steps: int, **kwargs):
+    """A Stage-2a task on the tiny pair and one record, rewarded by caption length (G = 2):
+    (cfg, task, encoder, decoder, records)."""
+    from workflow_scripts.rl.common import SampleWriter
+    from workflow_scripts.rl.encoder_rl import EncoderGRPO
+    from workflow_scripts.train.batches import BatchPlan
+
+    cfg = _rl_cfg(
+        rewards={"reconstruction": {"weight": 0.0}, "caption_length": {"weight": 1.0, "target_words": 4}},
+        encoder={
+            "max_new_tokens": max_new_tokens,
+            "reconstruction_steps": reconstruction_steps,
+            "grpo": {"group_size": 2},
+        },
+    )
+    encoder, decoder = _tiny_pair(tiny_models)
+    records = _records(1)
+    task = EncoderGRPO(
+        cfg.rl.encoder,
+        encoder,
+        decoder,
+        RewardModel(cfg.rl.rewards, {}),
+        records,
+        BatchPlan(1, 1, 1, 0),
+        0,
+        samples=SampleWriter(Path("unused"), cfg.rl.encoder.grpo, enabled=False),
+        start=tiny_models["encoder"],
+        **kwargs,
+        **_reading(cfg),
+    )
+    return cfg, task, encoder, decoder, records
+
+
 def _reading(cfg) -> dict:
     from workflow_scripts.models.conditioning import ConditioningSpec
     from workflow_scripts.models.encoder import CaptionPrompt
@@ -444,29 +477,9 @@ def test_2a_rollouts_condition_through_the_reader_and_keep_the_adapter_free_refe
 
     from workflow_scripts.models.conditioning import condition
     from workflow_scripts.models.encoder import load_encoder
-    from workflow_scripts.rl.common import SampleWriter
-    from workflow_scripts.rl.encoder_rl import EncoderGRPO, completion_logprobs
-    from workflow_scripts.train.batches import BatchPlan
+    from workflow_scripts.rl.encoder_rl import completion_logprobs
 
-    cfg = _rl_cfg(
-        rewards={"reconstruction": {"weight": 0.0}, "caption_length": {"weight": 1.0, "target_words": 4}},
-        encoder={"max_new_tokens": 12, "reconstruction_steps": 2, "grpo": {"group_size": 2}},
-    )
-    encoder, decoder = _tiny_pair(tiny_models)
-    records = _records(1)
-    task = EncoderGRPO(
-        cfg.rl.encoder,
-        encoder,
-        decoder,
-        RewardModel(cfg.rl.rewards, {}),
-        records,
-        BatchPlan(1, 1, 1, 0),
-        0,
-        samples=SampleWriter(Path("unused"), cfg.rl.encoder.grpo, enabled=False),
-        start=tiny_models["encoder"],
-        reader=reader,
-        **_reading(cfg),
-    )
+    cfg, task, encoder, decoder, records = _caption_length_2a(tiny_models, 12, 2, reader=reader)
     policy = task.trainable()
     seen = []
 
@@ -647,28 +660,7 @@ def test_hidden_states_cold_start_resumes_to_the_same_pair(tiny_models, tiny_bac
 def test_2a_captions_never_contain_vision_placeholders(tiny_models):
     """An untrained encoder may prefer <|image_pad|>; fed back with the image in the 2a update, such a
     caption no longer matches the image's features ("tokens: 18, features: 16"). Captions are text."""
-    from workflow_scripts.rl.common import SampleWriter
-    from workflow_scripts.rl.encoder_rl import EncoderGRPO
-    from workflow_scripts.train.batches import BatchPlan
-
-    cfg = _rl_cfg(
-        rewards={"reconstruction": {"weight": 0.0}, "caption_length": {"weight": 1.0, "target_words": 4}},
-        encoder={"max_new_tokens": 8, "reconstruction_steps": 1, "grpo": {"group_size": 2}},
-    )
-    encoder, decoder = _tiny_pair(tiny_models)
-    records = _records(1)
-    task = EncoderGRPO(
-        cfg.rl.encoder,
-        encoder,
-        decoder,
-        RewardModel(cfg.rl.rewards, {}),
-        records,
-        BatchPlan(1, 1, 1, 0),
-        0,
-        samples=SampleWriter(Path("unused"), cfg.rl.encoder.grpo, enabled=False),
-        start=tiny_models["encoder"],
-        **_reading(cfg),
-    )
+    _, task, encoder, decoder, records = _caption_length_2a(tiny_models, 8, 1)
     policy = task.trainable()
     decoder.generate = lambda embeds, negative, **kwargs: [records[0].image] * len(embeds)
     vision = encoder.vision_token_ids
