@@ -307,11 +307,6 @@ def encoder_rl_task(setup: Setup):
 
     cfg = setup.cfg.rl.encoder
     encoder, decoder = _load_pair(setup)
-    # random-weight encoders sample vision placeholders inside captions, which the update's forward then
-    # rejects (more image tokens than image features); a trained captioner does not emit them
-    vision = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-    ids = [encoder.tokenizer.convert_tokens_to_ids(t) for t in vision]
-    encoder.model.generation_config.suppress_tokens = [i for i in ids if i is not None and i >= 0]
     for part in (decoder.transformer, decoder.vae, decoder.projector):
         part.requires_grad_(False).eval()
     records = _pictures(cfg.loop.batch_size, cfg.resolution)
