@@ -1,7 +1,7 @@
 """Pipeline overhead: ``python bench/bench_overhead.py [--stand-ins DIR] [--steps N] [--threads T]``.
 
-Two ratios, each with its raw timings (median seconds per optimiser step over ``--steps`` steps, after
-``--warmup`` steps that are not timed):
+Two ratios and one cost, each with its raw timings (median seconds per optimiser step over ``--steps``
+steps, after ``--warmup`` steps that are not timed):
 
 1. training step: the pipeline's loop (``train/loop.py`` ``train()``: engine, accumulation, clipping,
    NaN guard, metrics, tqdm, checkpointer) running the Stage-1b decoder flow-matching task, against a
@@ -11,6 +11,9 @@ Two ratios, each with its raw timings (median seconds per optimiser step over ``
    ``train()``, against that step's own rollout sampling and reward alone (the same sampling and reward
    functions called directly). Target <= 1.3. The bare GRPO update (rollout + forward/backward/step, no
    pipeline) is printed too, so the remainder can be split into the update's compute and the pipeline's.
+3. Stage 2b's captions (``--only captions``): the captions of a tiny-preset-length run over distinct
+   pictures, one ``caption`` call per picture (as each rollout captioned its new pictures before) against
+   the stage's ``prepare_captions`` (batched, once before the first rollout).
 
 A pipeline step is the time between two consecutive ``micro_batches`` calls of the task, so it covers
 everything the loop does per step. Checkpoints: ``every_steps`` is set to the run's length, so the only
@@ -335,8 +338,8 @@ def decoder_rl_task(setup: Setup):
     encoder, decoder = _load_pair(setup)
     encoder.model.requires_grad_(False).eval()
     decoder.vae.requires_grad_(False)
-    # one global batch of pictures: after the warm-up step every caption is cached, as after a run's
-    # first epoch (captioning is once per picture per run, not per step)
+    # one global batch of pictures: their captions are written in the warm-up step, as a run writes
+    # every caption before its first rollout (caption_cost measures that once-per-run cost)
     records = _pictures(cfg.loop.batch_size, cfg.resolution)
     return DecoderGRPO(
         cfg,
@@ -385,10 +388,11 @@ def decoder_sampling(task) -> Callable[[int], Any]:
 
     @torch.no_grad()
     def call(step: int) -> None:
+        task.prepare_captions(step, 0, 1)  # captions nothing after the first call, as in the stage
         for chunk in task.plan.micro_batches(step, 0, 1):
             for s in chunk:
                 record = task.dataset[s.index]
-                caption = task._caption(s.index, record.image)
+                caption = task.captions[s.index]
                 embeds, negative = condition(
                     task.text_encoder, task.decoder.projector, [caption], task.conditioning
                 )
@@ -410,6 +414,39 @@ def decoder_sampling(task) -> Callable[[int], Any]:
                 task.reward(RewardInputs(to_unit([record.image] * G), images, [caption] * G))
 
     return call
+
+
+def caption_cost(setup: Setup, steps: int) -> list[str]:
+    """Stage 2b's captions of a run of ``steps`` steps over distinct pictures: one ``caption`` call per
+    picture (as each rollout captioned its new pictures before) against ``prepare_captions`` (batches of
+    ``caption_batch_size``, once before the first rollout). Returns the report lines."""
+    task = decoder_rl_task(setup)
+    cfg = task.cfg
+    pictures = _pictures(steps * cfg.loop.batch_size, cfg.resolution)
+    task.dataset = pictures
+    task.plan = dataclasses.replace(task.plan, num_samples=len(pictures))
+    task.cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, steps=steps))
+    task.trainable()
+    began = time.perf_counter()
+    for index, picture in enumerate(pictures):
+        task.captioner.caption(
+            [picture.image],
+            task.instruction,
+            temperature=cfg.caption_temperature,
+            max_new_tokens=task.max_text_tokens,
+            generator_seed=[task.caption_seed(index)],
+        )
+    alone = time.perf_counter() - began
+    began = time.perf_counter()
+    task.prepare_captions(0, 0, 1)
+    batched = time.perf_counter() - began
+    return [
+        f"[{setup.label}] Stage 2b captions of {len(pictures)} pictures "
+        f"({steps} steps x {cfg.loop.batch_size}):",
+        f"  one at a time     {alone:.3f} s  ({alone / steps:.3f} s inside each step before)",
+        f"  batched, once     {batched:.3f} s  (caption_batch_size {cfg.caption_batch_size}; "
+        f"{alone / batched:.1f}x faster)",
+    ]
 
 
 # ---------------------------------------------------------------------------------------- reporting
@@ -509,12 +546,14 @@ RL_TASKS = {"2a": (encoder_rl_task, encoder_sampling), "2b": (decoder_rl_task, d
 
 
 def run(setup: Setup, steps: int, warmup: int, root: Path, parts: tuple[str, ...], repeats: int):
-    """The selected ratios of ``setup``, each yielded as soon as it is measured."""
+    """The selected ratios of ``setup`` (and the caption cost's lines), each yielded as soon as measured."""
     if "train" in parts:
         yield train_ratio(setup, steps, warmup, root, repeats)
     for stage in ("2a", "2b"):
         if stage in parts:
             yield rl_ratio(setup, stage, steps, warmup, root, repeats)
+    if "captions" in parts:
+        yield caption_cost(setup, setup.cfg.rl.decoder.loop.steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -525,7 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every measurement")
     parser.add_argument("--resolution", type=int, default=256, help="stand-ins' image resolution")
-    parser.add_argument("--only", nargs="*", default=["train", "2a", "2b"], choices=["train", "2a", "2b"])
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=["train", "2a", "2b", "captions"],
+        choices=["train", "2a", "2b", "captions"],
+    )
     parser.add_argument("--no-tiny", action="store_true", help="measure the stand-ins only")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -547,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     for setup in setups:
         for ratio in run(setup, args.steps, args.warmup, root / setup.label, tuple(args.only), args.repeats):
+            if isinstance(ratio, list):  # caption_cost's lines
+                print("\n".join(ratio), flush=True)
+                continue
             reference = "bare loop" if ratio.target == TRAIN_TARGET else "sampling+reward"
             print("\n".join(ratio.lines(reference)), flush=True)
     return 0

@@ -82,7 +82,8 @@ def main() -> None:
             "frozen decoder": frozen_decoder,
             "reward backbones": rewards,
             "activations (ckpt)": g * tokens_2a * QWEN.hidden * QWEN.layers * BF16,
-            "fp32 log-softmax": g * tokens_2a * VOCAB * 4,
+            # the LM head reads only the caption positions (logits_to_keep)
+            "fp32 caption log-probs": g * (rl.encoder.max_new_tokens + 1) * VOCAB * 4,
         },
     )
 

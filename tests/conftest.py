@@ -37,6 +37,23 @@ def snakemake(
     return result
 
 
+def dry_run_job_counts(dry_run_output: str) -> dict[str, int]:
+    """Rule -> job count from the first job-stats table of ``snakemake -n`` (the DAG before checkpoints)."""
+    counts, table = {}, False
+    for line in dry_run_output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            table = True
+            continue
+        if table:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if parts[0].startswith("-"):
+                continue
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
 def write_config(workdir: Path, config: dict) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -83,30 +100,12 @@ def stage_command(
     """The launcher command line of one stage on given inputs, with the ci config plus ``overrides``;
     its resolved config lives under ``workdir`` and its model is exported to ``workdir/final`` (or
     to ``outputs``)."""
-    from workflow_scripts.catalog import stage_hash
     from workflow_scripts.config.loader import deep_merge
     from workflow_scripts.dag import Run
 
     user = deep_merge(ci_config(), {"results_root": str(workdir / "results"), "run_name": "stage"})
     run = Run.load(deep_merge(user, overrides))
-    wildcards = wildcards or {}
-    command = [
-        sys.executable,
-        "-m",
-        "workflow_scripts.launch",
-        stage,
-        "--config",
-        run.config_path,
-        "--stage-hash",
-        stage_hash(run.plain, stage, **wildcards),
-    ]
-    for key, value in (outputs or {"model": workdir / "final"}).items():
-        command += ["--output", f"{key}={value}"]
-    for key, value in wildcards.items():
-        command += ["--wildcard", f"{key}={value}"]
-    for key, value in inputs.items():
-        command += ["--input", f"{key}={value}"]
-    return command
+    return run.launch_command(stage, wildcards, inputs, outputs or {"model": workdir / "final"})
 
 
 def decoder_phase_command(source: Path, workdir: Path, steps: int = 40, **overrides) -> list[str]:
@@ -137,3 +136,24 @@ def decoder_weights(final: Path) -> dict:
             for k, v in load_file(final / "projector/diffusion_pytorch_model.safetensors").items()
         },
     }
+
+
+@pytest.fixture(scope="session")
+def paper_stand_ins(tmp_path_factory):
+    """The real-shape stand-ins of the paper-preset models (workflow_scripts/tiny/paper_shapes.py), shared
+    by every test that needs one: ``paper_stand_ins(name)`` builds the model the first time it is asked
+    for (1 layer per stack; minutes and GBs for the whole set) and returns its directory; ``.root`` is
+    their folder. ``UMM_PAPER_STAND_INS=<dir>`` reuses (and completes) a folder built before."""
+    from workflow_scripts.tiny import paper_shapes as ps
+
+    reuse = os.environ.get("UMM_PAPER_STAND_INS")
+    root = Path(reuse) if reuse else tmp_path_factory.mktemp("paper_shapes")
+    root.mkdir(parents=True, exist_ok=True)
+
+    def get(name: str) -> Path:
+        if not (root / name).exists():
+            ps.build(name, root, layers=1)
+        return root / name
+
+    get.root = root
+    return get

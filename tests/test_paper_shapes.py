@@ -19,25 +19,13 @@ from workflow_scripts.tiny import paper_shapes as ps
 from workflow_scripts.tiny import published as P
 
 # the first line of GenEval++'s official item file (Echo-4o test_scripts/Geneval++.jsonl)
-OFFICIAL_LINE = (
-    '{"tag": "color_attr", "include": [{"class": "bus", "count": 1, "color": "brown"}, {"class": "truck", '
-    '"count": 1, "color": "green"}, {"class": "skateboard", "count": 1, "color": "red"}], "prompt": "A photo '
-    'of a brown bus, a green truck, and a red skateboard"}'
-)
+OFFICIAL_LINE = ps.GENEVAL_PP_LINE
 
 
-@pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory):
-    """Builds each stand-in the first time a test asks for it (1 layer per stack)."""
-    root = tmp_path_factory.mktemp("paper_shapes")
-
-    def get(name: str):
-        if not (root / name).exists():
-            ps.build(name, root, layers=1)
-        return root / name
-
-    get.root = root
-    return get
+@pytest.fixture
+def stand_ins(paper_stand_ins):
+    """Each stand-in, built the first time any test of the session asks for it (tests/conftest.py)."""
+    return paper_stand_ins
 
 
 def paper_preset() -> dict:

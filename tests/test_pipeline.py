@@ -17,6 +17,7 @@ from tests.conftest import (
     ci_config,
     decoder_phase_command,
     decoder_weights,
+    dry_run_job_counts,
     snakemake,
     stage_command,
     write_config,
@@ -24,22 +25,6 @@ from tests.conftest import (
 from workflow_scripts.train.metrics import read
 
 pytestmark = pytest.mark.slow
-
-
-def _job_counts(dry_run_output: str) -> dict[str, int]:
-    counts, table = {}, False
-    for line in dry_run_output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            table = True
-            continue
-        if table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if parts[0].startswith("-"):
-                continue
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_dag_builds_data_and_pretrains_both_models(tiny_dag):
@@ -85,7 +70,7 @@ REPORT = {"ingest_run": 1, "report": 1, "report_index": 1}  # the run's ingest a
 
 
 def _rerun(tiny_dag: Path, *extra: str) -> dict[str, int]:
-    return _job_counts(snakemake(tiny_dag, "all", "--dry-run", *extra).stdout)
+    return dry_run_job_counts(snakemake(tiny_dag, "all", "--dry-run", *extra).stdout)
 
 
 def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -411,7 +412,10 @@ def _records(n: int, size: int = 32):
     from types import SimpleNamespace
 
     words = ["a red circle", "a small blue square left of a green triangle", "a star", "two big yellow stars"]
-    return [SimpleNamespace(image=p, caption=words[i % len(words)]) for i, p in enumerate(_pictures(n, size))]
+    return [
+        SimpleNamespace(image=p, caption=words[i % len(words)], image_id=f"picture-{i}")
+        for i, p in enumerate(_pictures(n, size))
+    ]
 
 
 def _tiny_pair(tiny_models):
@@ -510,7 +514,8 @@ def test_2a_rollouts_condition_through_the_reader_and_keep_the_adapter_free_refe
     torch.testing.assert_close(seen[0][0], expected(captions[0]))
     # the reference's log-probabilities are the adapter-free model's: a fresh load of the start encoder
     fresh = load_encoder(tiny_models["encoder"]).model
-    torch.testing.assert_close(first.ref_logp, completion_logprobs(fresh, first.inputs, task.cfg.temperature))
+    fresh_logp = completion_logprobs(fresh, first.inputs, task.cfg.temperature, first.completion_mask)
+    torch.testing.assert_close(first.ref_logp, fresh_logp)
     scale_adapter(-3.0)
     task._sample(0, 0)
     torch.testing.assert_close(seen[-1][0], expected(captions[-1]))
@@ -681,3 +686,206 @@ def test_2a_captions_never_contain_vision_placeholders(tiny_models):
         hook.remove()
     assert not torch.isin(sample["completions"], torch.tensor(vision)).any()
     assert all("<|image_pad|>" not in t for t in texts)
+
+
+def test_2a_rollouts_sample_the_policy_itself_whatever_the_generation_config(tiny_models):
+    """Qwen2.5-VL-Instruct's generation_config.json sets top_k 1 / top_p 0.001 / repetition_penalty 1.05;
+    generate() would apply them to the rollouts: every caption of a group the same (zero advantages) and
+    sampled from a distribution other than the softmax(logits / T) the ratio reads."""
+    _, task, _, decoder, records = _caption_length_2a(tiny_models, 8, 1)
+    policy = task.trainable()
+    decoder.generate = lambda embeds, negative, **kwargs: [records[0].image] * len(embeds)
+    for config in {
+        id(m.generation_config): m.generation_config
+        for m in policy.modules()
+        if hasattr(m, "generation_config")
+    }.values():
+        config.update(top_k=1, top_p=0.001, repetition_penalty=1.05)
+    task.cfg = dataclasses.replace(task.cfg, grpo=dataclasses.replace(task.cfg.grpo, group_size=6))
+    torch.manual_seed(0)
+    captions = task._sample(0, 0)["captions"]
+    assert len(captions) == 6 and len(set(captions)) > 1
+
+
+# --- issue 19: RL step efficiency ----------------------------------------------------------------------
+
+
+def _todays_caption(encoder, image, instruction, temperature: float, max_new_tokens: int, seed: int) -> str:
+    """How a caption was sampled before batching: the global stream seeded, then transformers' sampling."""
+    inputs = encoder.caption_inputs([image], instruction)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = encoder.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            suppress_tokens=encoder.vision_token_ids,
+            do_sample=True,
+            temperature=temperature,
+        )
+    return encoder.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_batched_captions_are_the_one_at_a_time_captions_of_their_seeds(tiny_models):
+    from workflow_scripts.models.encoder import CaptionPrompt, load_encoder
+
+    encoder = load_encoder(tiny_models["encoder"])
+    instruction = CaptionPrompt.of(_rl_cfg().inference.caption)
+    images, seeds = _pictures(4, 32), [11, 12, 13, 14]
+    sampling = {"temperature": 1.0, "max_new_tokens": 12}
+    batched = encoder.caption(images, instruction, generator_seed=seeds, **sampling)
+    alone = [
+        encoder.caption([im], instruction, generator_seed=[s], **sampling)[0]
+        for im, s in zip(images, seeds, strict=True)
+    ]
+    today = [
+        _todays_caption(encoder, im, instruction, seed=s, **sampling)
+        for im, s in zip(images, seeds, strict=True)
+    ]
+    assert batched == alone == today
+    assert len(set(batched)) > 1  # the captions are samples, not one fixed string
+    # a caption follows its own seed, not its place in the batch
+    swapped = encoder.caption(images[:2], instruction, generator_seed=[seeds[1], seeds[0]], **sampling)
+    assert swapped == [
+        encoder.caption([images[0]], instruction, generator_seed=[seeds[1]], **sampling)[0],
+        encoder.caption([images[1]], instruction, generator_seed=[seeds[0]], **sampling)[0],
+    ]
+    # one seed for a batch draws it from one stream, as before: torch.manual_seed, then generate
+    inputs = encoder.caption_inputs(images, instruction)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        out = encoder.model.generate(
+            **inputs,
+            max_new_tokens=12,
+            suppress_tokens=encoder.vision_token_ids,
+            do_sample=True,
+            temperature=1.0,
+        )
+    texts = encoder.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert encoder.caption(images, instruction, generator_seed=5, **sampling) == [t.strip() for t in texts]
+    with pytest.raises(ValueError, match="one per image"):
+        encoder.caption(images, instruction, generator_seed=seeds[:3], **sampling)
+
+
+def _decoder_rl_task(tiny_models, records, folder: Path | None, **decoder):
+    """A Stage-2b task on the tiny pair (captioner = reader), mean-colour reward, batch 2 of 1-caption
+    micro-batches; its caption store in ``folder`` (None: in memory only)."""
+    from workflow_scripts.rl.common import SampleWriter
+    from workflow_scripts.rl.decoder_rl import DecoderGRPO, caption_store
+    from workflow_scripts.train.batches import BatchPlan
+
+    steps = decoder.pop("loop", {}).get("steps", 3)
+    loop = {"steps": steps, "batch_size": 2, "micro_batch_size": 1, "checkpoint": {"every_steps": steps}}
+    cfg = _rl_cfg(
+        rewards={"reconstruction": {"weight": 0.0}, "mean_color": {"weight": 1.0, "target": [1.0, 0.0, 0.0]}},
+        decoder={"grpo": {"group_size": 2}, "train_steps": 2, "loop": loop, **decoder},
+    )
+    encoder, decoder_model = _tiny_pair(tiny_models)
+    reading = {**_reading(cfg), "max_text_tokens": 12}
+    store = None
+    if folder is not None:
+        store = caption_store(
+            folder, tiny_models["encoder"], cfg.rl.decoder, reading["instruction"], reading["max_text_tokens"]
+        )
+    task = DecoderGRPO(
+        cfg.rl.decoder,
+        encoder,
+        encoder,
+        decoder_model,
+        RewardModel(cfg.rl.rewards, {}),
+        records,
+        BatchPlan(len(records), 2, 1, 0),
+        0,
+        samples=SampleWriter(Path("unused"), cfg.rl.decoder.grpo, enabled=False),
+        start=tiny_models["decoder"],
+        metadata={},
+        store=store,
+        **reading,
+    )
+    calls = []
+    caption = encoder.caption
+    encoder.caption = lambda images, *a, **k: calls.append(len(images)) or caption(images, *a, **k)
+    task.trainable()
+    return task, calls
+
+
+def test_2b_captions_every_run_image_once_in_batches_and_a_resumed_job_reuses_them(tiny_models, tmp_path):
+    """Captions are written before the first rollout, batched (caption_batch_size), each with the seed it
+    had when images were captioned one at a time, stored in the work dir and reused by a resumed job."""
+    from workflow_scripts.seeding import derive_seed
+
+    records = _records(5)
+    task, calls = _decoder_rl_task(tiny_models, records, tmp_path, caption_batch_size=3, loop={"steps": 2})
+    used = task._indices(0, 2)  # 2 steps x 2 captions: 4 of the 5 images
+    assert len(used) == 4
+    task.micro_batches(0, 0, 1)
+    assert calls == [3, 1]  # all four, before the first rollout, in batches of at most 3
+    assert set(task.captions) == set(used)  # later rollouts find theirs: they caption nothing
+    instruction, temperature = task.instruction, task.cfg.caption_temperature
+    for index in used:  # the captions the one-at-a-time code drew (seed per dataset row)
+        seed = derive_seed(0, "caption", index)
+        assert task.captions[index] == _todays_caption(
+            task.captioner, records[index].image, instruction, temperature, 12, seed
+        )
+    stored = json.loads((tmp_path / "captions.json").read_text())["captions"]
+    assert {(e["image_id"], e["seed"]) for e in stored} == {
+        (records[i].image_id, derive_seed(0, "caption", i)) for i in used
+    }
+    assert len({e["captioner"] for e in stored}) == 1
+
+    resumed, calls = _decoder_rl_task(tiny_models, records, tmp_path, caption_batch_size=3, loop={"steps": 2})
+    resumed.prepare_captions(1, 0, 1)  # as its first rollout (a resume at step 1) does
+    assert calls == [] and all(resumed.captions[i] == task.captions[i] for i in resumed._indices(1, 2))
+
+    # another captioner setting is another key: captioned again, in batches of 2
+    other, calls = _decoder_rl_task(
+        tiny_models, records, tmp_path, caption_batch_size=2, caption_temperature=1.3, loop={"steps": 2}
+    )
+    other.prepare_captions(0, 0, 1)
+    assert calls == [2, 2]
+
+
+def test_2b_caption_work_is_shared_out_over_processes(tiny_models, monkeypatch):
+    """Each process captions every world-th missing image and all end with every caption."""
+    from workflow_scripts.rl import decoder_rl
+
+    records = _records(6)
+    whole, _ = _decoder_rl_task(tiny_models, records, None, caption_batch_size=8)
+    whole.prepare_captions(0, 0, 1)
+    parts = []
+    for rank in range(2):
+        task, calls = _decoder_rl_task(tiny_models, records, None, caption_batch_size=8)
+        monkeypatch.setattr(decoder_rl, "gather_objects", lambda mine: parts.append(list(mine)) or mine)
+        task.prepare_captions(0, rank, 2)
+        assert calls == [3]
+    assert sorted(parts[0] + parts[1]) == sorted(whole.captions.items())
+
+
+def test_2a_log_probs_read_only_the_completion_positions(tiny_models):
+    """completion_logprobs equals the full-vocabulary log-softmax over every position on the completion
+    tokens (fp32, atol 1e-6), and the LM head sees only the positions from the first completion target."""
+    from workflow_scripts.rl.encoder_rl import completion_logprobs
+
+    _, task, _, decoder, records = _caption_length_2a(tiny_models, 12, 1)
+    policy = task.trainable()
+    decoder.generate = lambda embeds, negative, **kwargs: [records[0].image] * len(embeds)
+    (batch,) = task.micro_batches(0, 0, 1)
+    inputs, mask, temperature = batch.inputs, batch.completion_mask, task.cfg.temperature
+    with torch.no_grad():
+        logits = policy(**inputs).logits[:, :-1].float() / temperature
+    full = torch.log_softmax(logits, -1).gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
+
+    seen = []
+    head = policy.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            ours = completion_logprobs(policy, inputs, temperature, mask)
+    finally:
+        hook.remove()
+    assert ours.shape == mask.shape
+    on = mask.bool()
+    torch.testing.assert_close(ours[on], full[on], rtol=0, atol=1e-6)
+    prompt = task.encoder.caption_inputs([records[0].image], task.instruction)["input_ids"].shape[1]
+    assert torch.all(ours[:, : prompt - 1] == 0)  # no row has a target before its first completion token
+    width = inputs["input_ids"].shape[1]
+    assert seen == [width - prompt + 1] and width - prompt + 1 < width / 2

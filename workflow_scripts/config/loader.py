@@ -12,7 +12,6 @@ from importlib import resources
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
-from jsonschema import Draft202012Validator
 
 from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.config.typed import ConfigError, _is_optional, build, coerce, json_schema, suggest
@@ -152,6 +151,9 @@ def _format_error(error: Any) -> str:
 
 
 def validate(data: Mapping[str, Any]) -> None:
+    # imported here: a job's processes only parse the resolved config, and jsonschema costs each ~0.1 s
+    from jsonschema import Draft202012Validator
+
     validator = Draft202012Validator(config_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:

@@ -47,6 +47,8 @@ class EvalPaths:
         }
         if bench == "unified_bench":
             inputs.update(self.backbone_inputs(self.backbones))
+            # the shapes-world checker's ceiling runs the system's own autoencoder (eval/learning.py)
+            inputs["system"] = str(self.layout.variant(system))
         elif bench == "geneval" and self.cfg.eval.detector.color == "clip":
             inputs.update(self.backbone_inputs(["clip"]))
         return inputs

@@ -230,6 +230,15 @@ class Run:
 
         return args
 
+    def launch_command(
+        self, stage: str, wildcards: Mapping[str, str] | None = None, inputs=None, outputs=None
+    ) -> list[str]:
+        """One job's launcher call as an argv, as its rule runs it (for benches and tests)."""
+        wildcards = dict(wildcards or {})
+        head = [sys.executable, "-m", "workflow_scripts.launch", stage, "--config", self.config_path]
+        head += ["--stage-hash", stage_hash(self.plain, stage, **wildcards)]
+        return [*head, *named_words(wildcards, inputs, outputs)]
+
     def threads(self, stage: str) -> int:
         """Cores a rule occupies on the machine running Snakemake (its job's, when the job runs here)."""
         if self.cfg.launcher.kind == "slurm":
@@ -258,13 +267,19 @@ class Run:
         return stages + self.report.targets()
 
 
-def shell_words(head: list[str], wildcards: Any = None, inputs: Any = None, outputs: Any = None) -> str:
-    """``head`` then ``--wildcard/--input/--output NAME=VALUE`` pairs as one shell string, every word
-    quoted: a path with a space (a results root, a data folder) stays one argument."""
-    words = list(head)
+def named_words(wildcards: Any = None, inputs: Any = None, outputs: Any = None) -> list[str]:
+    """The launcher's ``--wildcard/--input/--output NAME=VALUE`` arguments."""
+    words = []
     for flag, named in (("--wildcard", wildcards), ("--input", inputs), ("--output", outputs)):
         for key, value in (named or {}).items():
             words += [flag, f"{key}={value}"]
+    return words
+
+
+def shell_words(head: list[str], wildcards: Any = None, inputs: Any = None, outputs: Any = None) -> str:
+    """``head`` then the named arguments as one shell string, every word quoted: a path with a space (a
+    results root, a data folder) stays one argument."""
+    words = [*head, *named_words(wildcards, inputs, outputs)]
     return " ".join(shlex.quote(str(w)) for w in words)
 
 

@@ -28,7 +28,10 @@ def _part(out: Path, rank: int) -> Path:
 def caption(ctx: JobContext) -> str:
     """Caption this task's share of the items; the launcher's gather step joins the parts."""
     source = ctx.spec.wildcards["source"]
-    device = f"cuda:{ctx.local_rank}" if _cuda() else "cpu"
+    captioning = ctx.cfg.data.captioning
+    # only a model captioner has a device: a rule-based one does not pay ~1 s for importing torch to ask
+    models = captioning.draft[source] == "vlm" or captioning.refine == "llm"
+    device = f"cuda:{ctx.local_rank}" if models and _cuda() else "cpu"
     rows = data_build.caption(
         ctx.cfg.data.captioning, source, ctx.input("raw"), ctx.cfg.seed, ctx.rank, ctx.world, device
     )

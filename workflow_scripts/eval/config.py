@@ -174,6 +174,11 @@ class EvalConfig:
     judge: CaptionJudgeConfig = doc("Table 5.")
     detector: DetectorConfig = doc("GenEval detector (GenEval++ is judged, see geneval_pp.judge_path).")
     selection: SelectionConfig = doc("Checkpoint selection.")
+    seed_spread: dict[str, float] = doc(
+        "Seed-to-seed spread (max - min over 3 run seeds) of the pretrained pair's score, keyed "
+        "'<benchmark>.<metric>' (e.g. 'unified_bench.overall'), measured once and written here: the "
+        "report's 'Does it learn?' rows count an RL stage's gain as real only above it; {}: not measured."
+    )
 
     def __post_init__(self) -> None:
         if self.shards < 1:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from workflow_scripts.eval import geneval, geneval_pp, mmt
+from workflow_scripts.eval import geneval, geneval_pp, learning, mmt
 from workflow_scripts.eval.geneval import ScoringConstants
 from workflow_scripts.reward.backbones import Backbone
 from workflow_scripts.reward.functions import similarities
@@ -60,11 +60,14 @@ def unified_bench(records: list[dict], items_dir: Path, backbones: dict[str, Bac
 def generation(
     records: list[dict], detector, colors, constants: ScoringConstants, tasks
 ) -> tuple[list[dict], dict]:
-    """GenEval's rules on every generated image; per-task accuracy and the mean over tasks."""
+    """GenEval's rules on every generated image; per-task accuracy and the mean over tasks, and beside
+    them the floor (``learning.geneval_floor``: each image against another prompt of its task)."""
+    floor_specs = learning.geneval_floor_specs(records)
     for record in records:
         image = Image.open(record["output"]).convert("RGB")
         metadata = json.loads(record["metadata"])
-        detections = geneval.keep(detector(image), metadata["tag"], constants)
+        found = detector(image)
+        detections = geneval.keep(found, metadata["tag"], constants)
         correct, reasons = geneval.evaluate(
             metadata, detections, lambda cls, dets, im=image: colors(im, cls, dets)
         )
@@ -74,7 +77,14 @@ def generation(
             prompt_id=record["item_id"],
             detections=json.dumps({c: [[*d.box, d.score] for d in ds] for c, ds in detections.items()}),
         )
-    return records, geneval.summarize(records, tasks)
+        other = floor_specs.get(record["item_id"])
+        record["floor_correct"] = None
+        if other is not None:
+            kept = geneval.keep(found, other["tag"], constants)
+            record["floor_correct"], _ = geneval.evaluate(
+                other, kept, lambda cls, dets, im=image: colors(im, cls, dets)
+            )
+    return records, {**geneval.summarize(records, tasks), "floor": learning.geneval_floor(records, tasks)}
 
 
 def geneval_pp_verdicts(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,26 +13,30 @@ from PIL import Image
 
 from workflow_scripts import atomic, provenance
 from workflow_scripts.config.loader import digest
-from workflow_scripts.eval import generate, items, judge, score, selection
-from workflow_scripts.eval.detectors import ClipColors, PaletteColors, load_detector, scoring_protocol
+from workflow_scripts.eval import items, judge, learning
 from workflow_scripts.eval.geneval import TASKS, ScoringConstants
 from workflow_scripts.eval.geneval_pp import ShapesJudge
-from workflow_scripts.eval.systems import MODEL_PARTS, System, load_system
-from workflow_scripts.eval.vlm_judge import VLMJudge
 from workflow_scripts.fingerprint import code_digest, fingerprint
 from workflow_scripts.harness.context import JobContext, JobSpec
 from workflow_scripts.harness.device import job_device, place, spread_device_map
 from workflow_scripts.layout import RunLayout
-from workflow_scripts.models.conditioning import ConditioningSpec
-from workflow_scripts.models.encoder import load_encoder
-from workflow_scripts.reward.backbones import load_backbones, reward_backbone_inputs
-from workflow_scripts.unitoken.system import UniTokenSystem, load_unitoken_system
+
+# The model stack (torch, transformers, diffusers, peft: seconds of import) is imported inside the
+# functions that load models: eval_items, eval_system, eval_summary, a scene-graph eval_judge and the
+# launcher's gather step use none of it (tests/test_job_overhead.py).
+if TYPE_CHECKING:
+    from workflow_scripts.eval.systems import System
+    from workflow_scripts.unitoken.system import UniTokenSystem
 
 log = logging.getLogger(__name__)
 
 
 def _system(ctx: JobContext, record) -> System | UniTokenSystem:
     """The system a variant record names: a UAE-family captioner + decoder, or one UniToken model."""
+    from workflow_scripts.eval.systems import load_system
+    from workflow_scripts.models.conditioning import ConditioningSpec
+    from workflow_scripts.unitoken.system import load_unitoken_system
+
     device = job_device(ctx.local_rank)
     dtype = ctx.cfg.models.torch_dtype(device)
     record = json.loads(Path(record).read_text()) if not isinstance(record, dict) else record
@@ -47,6 +52,8 @@ def _system(ctx: JobContext, record) -> System | UniTokenSystem:
 
 
 def _backbones(ctx: JobContext):
+    from workflow_scripts.reward.backbones import load_backbones, reward_backbone_inputs
+
     device = job_device(ctx.local_rank)
     return load_backbones(
         reward_backbone_inputs(ctx.spec.inputs),
@@ -100,6 +107,8 @@ def eval_system(ctx: JobContext) -> dict:
 def eval_generate(ctx: JobContext) -> dict:
     """One shard of a (system, benchmark)'s generations. A shard finished by an earlier attempt with the
     same config view, inputs and code is kept, so a rerun after one shard failed redoes only that one."""
+    from workflow_scripts.eval import generate
+
     system_name, bench = ctx.spec.wildcards["system"], ctx.spec.wildcards["bench"]
     shard = ctx.spec.array_index or 0
     out = RunLayout.of(ctx.cfg).eval_shard(system_name, bench, shard)
@@ -118,6 +127,8 @@ def eval_generate(ctx: JobContext) -> dict:
 
 
 def _shard_key(ctx: JobContext, record: dict, shard: int) -> str:
+    from workflow_scripts.eval.systems import MODEL_PARTS
+
     models = {part: fingerprint(record[part]) for part in MODEL_PARTS if part in record}
     return digest(
         {
@@ -149,13 +160,21 @@ def _records_table(records: list[dict]) -> pa.Table:
 
 
 def eval_score(ctx: JobContext) -> dict:
+    from workflow_scripts.eval import score
+    from workflow_scripts.eval.detectors import ClipColors, PaletteColors, load_detector, scoring_protocol
+
     bench, system = ctx.spec.wildcards["bench"], ctx.spec.wildcards["system"]
     shards = [Path(p) for p in json.loads(ctx.input("generated").read_text())["shards"]]
     records = score.load_records(shards)
     cfg = ctx.cfg.eval
     if bench == "unified_bench":
-        records, summary = score.unified_bench(records, ctx.input("item_set"), _backbones(ctx))
-        summary["protocol"] = items.score_protocol(ctx.input("item_set"))
+        item_set = ctx.input("item_set")
+        records, summary = score.unified_bench(records, item_set, _backbones(ctx))
+        records, checks = learning.unified_bench(
+            records, items.read(item_set), item_set / "images", lambda: _autoencoder(ctx)
+        )
+        summary.update(checks)
+        summary["protocol"] = items.score_protocol(item_set)
     elif bench == "geneval_pp":
         item_set = ctx.input("item_set")
         records, summary = score.geneval_pp_verdicts(
@@ -200,11 +219,23 @@ def eval_score(ctx: JobContext) -> dict:
     return {k: v for k, v in summary.items() if k != "backbones"}
 
 
+def _autoencoder(ctx: JobContext):
+    """The scored system's own autoencoder (the checker's ceiling); None where the DAG gave no system
+    record (the ceiling is then not measured)."""
+    if "system" not in ctx.spec.inputs:
+        return None
+    device = job_device(ctx.local_rank)
+    record = json.loads(ctx.input("system").read_text())
+    return learning.system_autoencoder(record, device, ctx.cfg.models.torch_dtype(device))
+
+
 def _geneval_pp_judge(ctx: JobContext):
     """The local VLM at eval.geneval_pp.judge_path, or the shapes world's exact judge."""
     path = ctx.cfg.eval.geneval_pp.judge_path
     if not path:
         return ShapesJudge()
+    from workflow_scripts.eval.vlm_judge import VLMJudge
+
     device = job_device(ctx.local_rank)
     return VLMJudge(path, device, ctx.cfg.models.torch_dtype(device))
 
@@ -214,6 +245,7 @@ def _mmt_judge(ctx: JobContext):
     if not path:
         return None
     from workflow_scripts.eval.mmt import LETTERS
+    from workflow_scripts.models.encoder import load_encoder
 
     device = job_device(ctx.local_rank)
     encoder = load_encoder(
@@ -320,6 +352,8 @@ def eval_summary(ctx: JobContext) -> dict:
 
 
 def select_checkpoint(ctx: JobContext) -> dict:
+    from workflow_scripts.eval import selection
+
     stage = ctx.spec.wildcards["rl_stage"]
     final = ctx.input("final")
     inputs = ctx.spec.inputs

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from workflow_scripts.catalog import JOBS, STAGES, resources
 from workflow_scripts.config.loader import digest
-from workflow_scripts.launch import lease
-from workflow_scripts.launch.job import JobSpec, StageJob, configure_logging, load_config
+from workflow_scripts.launch import lease, timing
+from workflow_scripts.launch.job import JobSpec, StageJob, configure_logging, load_config, loaded_modules
 from workflow_scripts.launch.launcher import JobFailedError, run_many
 from workflow_scripts.layout import RunLayout
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--output", action="append", default=[], metavar="NAME=PATH")
     args = parser.parse_args(argv)
+    timing.mark("launcher_main", stage=args.stage)
 
     configure_logging()
     lease.watch_owner()  # never outlive the Snakemake that started us (a kill -9 leaves us orphaned)
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs=_pairs(args.output),
     )
     cfg, _ = load_config(spec)
+    timing.mark("launcher_config")
     layout = RunLayout.of(cfg)
     job_resources = resources(cfg, args.stage, spec.wildcards)
     spec = JobSpec(**{**spec.__dict__, "threads": job_resources.cpus_per_task})
@@ -90,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: interrupted", label)
         return 130
     results = [result for job in per_job for result in job]  # tasks of one job, or one per element
-    if entry.gather:
+    if entry.gather and not timing.skip_entry():
         _function(entry.gather)(spec, results)
     log.info("%s done: %s", label, json.dumps(results[0], default=str)[:500] if results else "")
+    timing.mark("launcher_done", modules=loaded_modules())
     return 0
 
 

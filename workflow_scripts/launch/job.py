@@ -8,17 +8,31 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from workflow_scripts.catalog import stage_hash
+from workflow_scripts.catalog import STAGES, stage_hash
 from workflow_scripts.config.loader import parse
 from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.harness.context import JobContext, JobSpec
+from workflow_scripts.launch import timing
 
 log = logging.getLogger(__name__)
+
+# what a stage that trains or samples nothing has no use for: seconds of import and ~1 GB of memory
+HEAVY = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "open_clip", "timm")
+
+
+def loaded_modules() -> list[str]:
+    """The stage modules (entry points and gather steps of the catalog) and heavy libraries this process
+    has imported."""
+    stage_modules = {
+        path.partition(":")[0] for stage in STAGES.values() for path in (stage.run, stage.gather) if path
+    }
+    return sorted(name for name in (*stage_modules, *HEAVY) if name in sys.modules)
 
 
 def load_config(spec: JobSpec) -> tuple[UmmConfig, dict[str, Any]]:
@@ -53,14 +67,20 @@ class StageJob(submitit.helpers.Checkpointable):
         self.target = target
 
     def __call__(self) -> Any:
+        timing.mark("job_start")
         configure_logging()
         cfg, plain = load_config(self.spec)
+        timing.mark("job_config")
         rank, world, local_rank = _task_geometry()
         defer_scheduler_signals()
         module, _, name = self.target.partition(":")
         entry = getattr(importlib.import_module(module), name)
-        if "torch" in sys.modules:  # a stage that needs no torch does not pay for importing it
-            sys.modules["torch"].set_num_threads(max(1, self.spec.threads))
+        timing.mark("job_imported", modules=loaded_modules() if timing.enabled() else [])
+        threads = max(1, self.spec.threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+        else:  # a stage that needs no torch does not import it; one that imports it later sizes its pool
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # from this when torch loads
         log.info(
             "stage %s %s%s: task %d/%d (job %s)",
             self.spec.stage,
@@ -70,11 +90,18 @@ class StageJob(submitit.helpers.Checkpointable):
             world,
             os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "in-process"),
         )
-        result = entry(JobContext(self.spec, cfg, plain, rank, world, local_rank))
+        ctx = JobContext(self.spec, cfg, plain, rank, world, local_rank)
+        began = time.perf_counter()
+        timing.mark("entry_start")
+        result = timing.stand_in_entry() if timing.skip_entry() else entry(ctx)
+        timing.mark("entry_end", modules=loaded_modules() if timing.enabled() else [])
+        # the stage's own work; the rest of the job's wall time is its fixed cost (bench_job_overhead.py)
+        log.info("%s returned after %.2f s", self.target, time.perf_counter() - began)
         if _in_job():
             # the job's process exits once submitit has pickled the result: spare the collector a last
             # walk over every object the stage made (about a second for a heap holding torch + diffusers)
             gc.freeze()
+        timing.mark("job_return")
         return result
 
 

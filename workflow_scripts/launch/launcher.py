@@ -15,7 +15,7 @@ from typing import Any
 
 import submitit
 
-from workflow_scripts.launch import lease, slurm_state
+from workflow_scripts.launch import lease, slurm_state, timing
 from workflow_scripts.launch.config import Resources
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def run_many(
         with lease.signals_deferred():  # never a submitted job that the lease does not name
             jobs = executor.submit_array(list(fns)) if len(fns) > 1 else [executor.submit(fns[0])]
             _record_active(held, jobs)
+        timing.mark("submitted", jobs=[j.job_id for j in jobs], folder=str(folder))
         for job in jobs:
             _journal(
                 journal,
@@ -156,6 +157,7 @@ def run_many(
     cancel = _cancel_on_interrupt(jobs, kind)
     try:
         _wait(jobs, kind, poll_seconds, unknown_grace_s)
+        timing.mark("noticed", jobs=[j.job_id for j in jobs])
         unfinished = [j.job_id for j in jobs if not _results_written(j)]
         if unfinished:  # ended without a result: killed, cancelled, out of memory or time
             raise RuntimeError(f"job(s) {', '.join(unfinished)} ended without writing a result")

@@ -131,19 +131,70 @@ class Encoder:
         *,
         temperature: float,
         max_new_tokens: int,
-        generator_seed: int,
+        generator_seed: int | Sequence[int],
     ) -> list[str]:
+        """One caption per image, in one ``generate`` call. ``generator_seed``: one seed drawing the whole
+        batch from one stream (the captions then depend on the batch), or one seed per image, so that
+        each caption depends only on its image and its seed: a batch gives the captions the images get
+        one at a time with the same seeds (up to the last bits of a batched forward).
+
+        Sampling is transformers' ``generate(do_sample=True, temperature=...)`` with the model's
+        generation config, as the release captions; per-image seeds only change where each row's draw
+        comes from (:class:`RowSeeds`)."""
         device = next(self.model.parameters()).device
         inputs = self.caption_inputs(images, instruction).to(device)
         sampling = {"do_sample": temperature > 0}
         if temperature > 0:
             sampling["temperature"] = temperature
-        torch.manual_seed(generator_seed)
+            if isinstance(generator_seed, int):
+                torch.manual_seed(generator_seed)
+            elif len(generator_seed) != len(images):
+                raise ValueError(
+                    f"{len(generator_seed)} caption seeds for {len(images)} images: give one per image"
+                )
+            else:
+                sampling["watermarking_config"] = RowSeeds(list(generator_seed))
         out = self.model.generate(
             **inputs, max_new_tokens=max_new_tokens, suppress_tokens=self.vision_token_ids, **sampling
         )
         texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return [t.strip() for t in texts]
+
+
+class RowSeeds:
+    """One seeded generator per row for ``generate``'s sampling (it draws a batch from the global stream).
+
+    transformers builds its sampling processors (suppression, temperature, the generation config's top-k /
+    top-p) and appends a watermarking config's processor after all of them, right before its multinomial
+    draw: that slot is the only one that sees the final scores, so this config (duck-typed as a
+    ``watermarking_config``; it watermarks nothing) puts :class:`RowDraw` there."""
+
+    def __init__(self, seeds: list[int]) -> None:
+        self.seeds = seeds
+
+    def validate(self) -> None:
+        pass
+
+    def construct_processor(self, vocab_size: int, device) -> RowDraw:
+        return RowDraw([torch.Generator(device=device).manual_seed(int(s)) for s in self.seeds])
+
+
+class RowDraw:
+    """Draws each row's token from the final scores with the row's own generator, exactly as
+    ``generate`` draws a batch of one (softmax, then ``torch.multinomial``), and returns scores on which
+    ``generate``'s own draw can only pick that token."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if len(scores) != len(self.generators):
+            raise ValueError(f"{len(self.generators)} caption seeds for a batch of {len(scores)} rows")
+        probs = torch.softmax(scores, dim=-1)
+        tokens = torch.cat(
+            [torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, self.generators, strict=True)]
+        )
+        return torch.full_like(scores, -torch.inf).scatter_(1, tokens, 0.0)
 
 
 ADAPTER_FORMAT = "uae_encoder.json"

@@ -46,6 +46,18 @@ class DecoderPretrainConfig:
         "Resolution schedule; each phase starts from the previous phase's weights."
     )
     previews: int = doc("Validation captions drawn with the trained decoder at the end of each phase.")
+    cache: bool = doc(
+        "Encode every training image with the frozen VAE and read every caption with the frozen LLM once "
+        "per phase, then train on the stored tensors (the same numbers as re-encoding each step: both "
+        "models are frozen). Needs models.decoder.conditioning 'fixed_length' (in 'release' a caption's "
+        "reading depends on the captions padded beside it). Memory: images x latent + captions x "
+        "caption tokens x LLM width (paper, off: 700K x 512 x 2048 would not fit)."
+    )
+    ema_decay: float = doc(
+        "Exponential moving average of the trained weights, exported instead of the last step's "
+        "(diffusers' EMAModel: decay min(ema_decay, (1 + n) / (10 + n)) at update n). 0 = off (paper: "
+        "neither the paper nor the release mentions an EMA). ddp engine only."
+    )
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.phases]
@@ -53,6 +65,18 @@ class DecoderPretrainConfig:
             raise ValueError("pretrain.decoder.phases is empty")
         if len(set(names)) != len(names):
             raise ValueError(f"pretrain.decoder.phases names repeat: {names}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"pretrain.decoder.ema_decay = {self.ema_decay}: use 0 (off) or a value in (0, 1)"
+            )
+        if self.ema_decay > 0:
+            sharded = [p.name for p in self.phases if p.loop.distributed != "ddp"]
+            if sharded:
+                raise ValueError(
+                    f"pretrain.decoder.ema_decay needs the ddp engine (the average is kept beside whole "
+                    f"weights); phases {sharded} use another loop.distributed: set ema_decay: 0 or "
+                    "distributed: ddp"
+                )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

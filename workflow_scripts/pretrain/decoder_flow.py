@@ -4,6 +4,11 @@ Rectified-flow objective of SD3 (diffusers' SD3 training recipe): x_t = (1 - s) 
 the scheduler's shifted sigma table at a logit-normal timestep; the DiT predicts v = e - x_0. The
 caption is read through the frozen encoder's LLM (models/conditioning.py, as ``models.decoder.conditioning``
 says; in 'release' mode a micro-batch's captions are padded together), then the trained projector.
+
+Both frozen models give the same tensors for a sample every time it is drawn, so with
+``pretrain.decoder.cache`` they run once per phase over the training split (:class:`FrozenCache`); a step
+then costs only the DiT and projector. With ``ema_decay`` the export is diffusers' EMAModel average of
+the trained weights, kept as buffers of the trainable module so checkpoints carry it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+from diffusers.training_utils import (
+    EMAModel,
+    compute_density_for_timestep_sampling,
+    compute_loss_weighting_for_sd3,
+)
 
 from workflow_scripts.catalog import decoder_stage
 from workflow_scripts.data.shards import ShardDataset
@@ -43,6 +52,29 @@ class DecoderTrainable(torch.nn.Module):
         super().__init__()
         self.projector = projector
         self.transformer = transformer
+        self.ema: EMAModel | None = None
+
+    def trained(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def keep_ema(self, decay: float) -> None:
+        """Track an EMA of the trained weights. Its shadow weights and update count are buffers of this
+        module, so the engine's checkpoint saves them and a resumed run continues the same average."""
+        params = self.trained()
+        self.ema = EMAModel(params, decay=decay)
+        holder = torch.nn.Module()
+        for i, shadow in enumerate(self.ema.shadow_params):
+            holder.register_buffer(f"w{i}", shadow)
+        holder.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.ema_state = holder
+        # EMAModel updates its shadow tensors in place: pointing it at the buffers keeps them one storage
+        self.ema.shadow_params = [getattr(holder, f"w{i}") for i in range(len(params))]
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        self.ema.optimization_step = int(self.ema_state.updates)
+        self.ema.step(self.trained())
+        self.ema_state.updates.fill_(self.ema.optimization_step)
 
     def forward(self, noisy, timesteps, text_hidden, text_mask, pooled) -> torch.Tensor:
         prompt_embeds = self.projector(text_hidden, text_mask)
@@ -57,9 +89,72 @@ class DecoderTrainable(torch.nn.Module):
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor  # (B, 3, R, R) in [-1, 1]
-    captions: list[str]
+    pixels: torch.Tensor | None  # (B, 3, R, R) in [-1, 1]; None when the frozen cache serves the batch
+    captions: list[str] | None  # "" where the caption was dropped; None when the cache serves the batch
     samples: list[Sample]
+    dropped: list[bool]  # caption replaced by the empty one (classifier-free guidance)
+
+
+@dataclass
+class FrozenCache:
+    """What the frozen models give every training sample: VAE latents and the LLM's caption reading.
+
+    Rows are the dataset's rows. Readings are stored up to the longest caption's tokens; the rest of the
+    fixed_length window is zeros in the uncached reading too, so it is padded back when a batch is cut.
+    """
+
+    latents: torch.Tensor  # (N, C, h, w)
+    hidden: torch.Tensor  # (N, T, H), T = longest caption's tokens
+    keep: torch.Tensor  # (N, T)
+    empty_hidden: torch.Tensor  # (1, T_empty, H): the dropped caption ""
+    empty_keep: torch.Tensor
+    width: int  # the fixed_length window (models.decoder.max_text_tokens)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, dataset, decoder: Decoder, encoder: Encoder, spec: ConditioningSpec, chunk: int = 64):
+        if spec.mode != "fixed_length":
+            raise ValueError(
+                "pretrain.decoder.cache needs models.decoder.conditioning: fixed_length; in 'release' a "
+                "caption's reading depends on the captions padded beside it. Set pretrain.decoder.cache: "
+                "false or conditioning: fixed_length."
+            )
+        device = next(decoder.vae.parameters()).device
+        latents, hidden, keep = [], [], []
+        # fixed chunks in row order: a resumed run rebuilds the same numbers
+        for start in range(0, len(dataset), chunk):
+            records = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
+            pixels = torch.stack([_to_tensor(r.image) for r in records]).to(device)
+            latents.append(decoder.to_latents(pixels))
+            reading = read(encoder, [r.caption for r in records], spec)
+            hidden.append(reading.hidden)
+            keep.append(reading.keep)
+        hidden, keep = torch.cat(hidden), torch.cat(keep)
+        used = max(int(keep.sum(1).max()), 1)
+        empty = read(encoder, [""], spec)
+        empty_used = max(int(empty.keep.sum(1).max()), 1)
+        return cls(
+            latents=torch.cat(latents),
+            hidden=hidden[:, :used].clone(),
+            keep=keep[:, :used].clone(),
+            empty_hidden=empty.hidden[:, :empty_used].clone(),
+            empty_keep=empty.keep[:, :empty_used].clone(),
+            width=spec.max_tokens,
+        )
+
+    def batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents, reading, keep) of a batch, the reading padded back to the fixed_length window."""
+        rows = torch.tensor([s.index for s in batch.samples])
+        hidden, keep = [], []
+        for row, dropped in zip(rows.tolist(), batch.dropped, strict=True):
+            if dropped:
+                h, k = self.empty_hidden[0], self.empty_keep[0]
+            else:
+                h, k = self.hidden[row], self.keep[row]
+            pad = self.width - h.shape[0]
+            hidden.append(torch.nn.functional.pad(h, (0, 0, 0, pad)))
+            keep.append(torch.nn.functional.pad(k, (0, pad)))
+        return self.latents[rows], torch.stack(hidden), torch.stack(keep)
 
 
 @dataclass
@@ -81,6 +176,10 @@ class DecoderFlowMatching:
         self.encoder.model.requires_grad_(False).eval()
         self.decoder.vae.requires_grad_(False).eval()
         self.train_scheduler = copy.deepcopy(self.decoder.scheduler)
+        self.cache: FrozenCache | None = None
+        if self.cfg.cache:
+            self.cache = FrozenCache.build(self.dataset, self.decoder, self.encoder, self.conditioning)
+        self.module: DecoderTrainable | None = None
 
     def trainable(self) -> torch.nn.Module:
         transformer = self.decoder.transformer
@@ -88,28 +187,42 @@ class DecoderFlowMatching:
             transformer.requires_grad_(False)
             transformer = add_lora(transformer, self.cfg.lora)
         self.decoder.projector.requires_grad_(True)
-        return DecoderTrainable(self.decoder.projector, transformer)
+        self.module = DecoderTrainable(self.decoder.projector, transformer)
+        if self.cfg.ema_decay > 0:
+            self.module.keep_ema(self.cfg.ema_decay)
+        return self.module
+
+    def after_step(self, model: torch.nn.Module, step: int) -> None:
+        if self.module is not None and self.module.ema is not None:
+            self.module.update_ema()  # the wrapped model shares these parameters
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[Batch]:
         batches = []
         for chunk in self.plan.micro_batches(step, rank, world):
+            dropped = [
+                _uniform(self.seed, "caption_dropout", s.position) < self.cfg.caption_dropout for s in chunk
+            ]
+            if self.cache is not None:
+                batches.append(Batch(None, None, chunk, dropped))
+                continue
             records = [self.dataset[s.index] for s in chunk]
             pixels = torch.stack([_to_tensor(r.image) for r in records])
-            captions = [
-                ""
-                if _uniform(self.seed, "caption_dropout", s.position) < self.cfg.caption_dropout
-                else r.caption
-                for s, r in zip(chunk, records, strict=True)
-            ]
-            batches.append(Batch(pixels, captions, chunk))
+            captions = ["" if d else r.caption for d, r in zip(dropped, records, strict=True)]
+            batches.append(Batch(pixels, captions, chunk, dropped))
         return batches
 
-    def loss(self, model: torch.nn.Module, batch: Batch, step: int):
-        device = next(model.parameters()).device
+    def frozen(self, batch: Batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents, caption reading, keep mask) of a batch: from the cache, or computed now."""
+        if self.cache is not None:
+            return tuple(t.to(device) for t in self.cache.batch(batch))
         with torch.no_grad():
             latents = self.decoder.to_latents(batch.pixels.to(device))
             reading = read(self.encoder, batch.captions, self.conditioning)
-            text_hidden, text_mask = reading.hidden, reading.keep
+        return latents, reading.hidden, reading.keep
+
+    def loss(self, model: torch.nn.Module, batch: Batch, step: int):
+        device = next(model.parameters()).device
+        latents, text_hidden, text_mask = self.frozen(batch, device)
         # one generator per sample, keyed by its stream position: identical whatever the world size
         noise, indices = [], []
         steps = self.train_scheduler.config.num_train_timesteps
@@ -126,7 +239,7 @@ class DecoderFlowMatching:
         sigmas = self.train_scheduler.sigmas[index].to(device, latents.dtype).view(-1, 1, 1, 1)
         noisy = (1.0 - sigmas) * latents + sigmas * noise
         pred = model(
-            noisy, timesteps, text_hidden, text_mask, self.decoder.pooled(len(batch.captions)).to(device)
+            noisy, timesteps, text_hidden, text_mask, self.decoder.pooled(len(batch.samples)).to(device)
         )
         weighting = compute_loss_weighting_for_sd3(self.cfg.weighting_scheme, sigmas)
         target = noise - latents
@@ -142,6 +255,12 @@ class DecoderFlowMatching:
             "llm_hidden_size": model.projector.config.in_features,
             "resolution": self.phase.resolution,
         }
+        ema = getattr(model, "ema", None)
+        if ema is not None:
+            metadata["ema_decay"] = self.cfg.ema_decay
+            metadata["ema_updates"] = int(model.ema_state.updates)
+            ema.store(model.trained())
+            ema.copy_to(model.trained())
         self.decoder.projector = model.projector
         export_decoder(
             self.decoder,
@@ -152,6 +271,8 @@ class DecoderFlowMatching:
             start=self.start,
             metadata=metadata,
         )
+        if ema is not None and not final:  # training goes on from its own weights; the final model is the EMA
+            ema.restore(model.trained())
 
 
 def _to_tensor(image) -> torch.Tensor:

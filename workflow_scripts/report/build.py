@@ -18,7 +18,7 @@ import jinja2
 from PIL import Image
 
 from workflow_scripts import atomic
-from workflow_scripts.eval import geneval_pp
+from workflow_scripts.eval import geneval_pp, learning
 from workflow_scripts.report import plots
 from workflow_scripts.report import queries as q
 from workflow_scripts.report.dag import unavailable
@@ -151,6 +151,205 @@ def _recipes(con, run: str, systems: list[str]) -> dict[str, Any] | None:
     return {"uae": uae, "rows": rows}
 
 
+# Issue 19's bars: what "the tiny recipe learns" means, each figure beside its floor (learning.py)
+RECOGNISABLE = 0.6  # checker pass rate; caption colour / shape recall
+FOLLOWS_PROMPT = 0.3  # GenEval overall of the pretrained pair
+PRETRAINED = "none"
+
+
+def _mark(passed: bool | None) -> str:
+    return {True: "✔", False: "✘", None: "—"}[passed]
+
+
+def _at_least(value: float | None, bar: float) -> bool | None:
+    return None if value is None else value >= bar
+
+
+def _above(value: float | None, floor: float | None) -> bool | None:
+    return None if value is None or floor is None else value > floor
+
+
+def _learning(con, run: str, systems: list[str], config: dict) -> dict[str, Any]:
+    """The "Does it learn?" rows: each of issue 19's targets with ours, its floor and ceiling where
+    defined, the bar, the paper's direction of change, and whether ours clears the bar (✔ / ✘; — where
+    it cannot be decided: a figure or the seed spread is missing)."""
+    main = next((s for s in UAE_SYSTEMS if s in systems), None)
+    ablation = {r["method"]: r["value"] for r in q.paper(con, "ablation")}
+    judge = {(r["method"], r["metric"]): r["value"] for r in q.paper(con, "judge")}
+    published = {(r["method"], r["metric"]): r["value"] for r in q.paper(con, "geneval")}
+    geneval_uae = published.get(("UAE", "overall"))
+
+    def paper_step(first: str, second: str) -> str:
+        a, b = ablation.get(first), ablation.get(second)
+        return "—" if a is None or b is None else f"{first} {a:.2f} → {second} {b:.2f} ({b - a:+.2f})"
+
+    def row(target, measure, system, bench, metric, bar, paper, *, floor=None, ceiling=None, check=None):
+        ours = q.score(con, run, system, bench, metric) if system in systems else None
+        low = q.score(con, run, system, bench, floor) if floor and system in systems else None
+        high = q.score(con, run, system, bench, ceiling) if ceiling and system in systems else None
+        passed = check(ours, low) if check else None
+        return {
+            "target": target,
+            "measure": measure,
+            "system": system,
+            "bench": bench,
+            "metric": metric,
+            "ours": ours,
+            "floor": low,
+            "floor_metric": floor,
+            "ceiling": high,
+            "ceiling_metric": ceiling,
+            "bar": bar,
+            "paper": paper,
+            "passed": passed,
+            "mark": _mark(passed),
+        }
+
+    reconstruct = "RL raises reconstruction (Unified-Bench Overall " + paper_step("no RL", "both (UAE)") + ")"
+    captions = (
+        "RL makes captions more complete (Table 5: UAE's captions win "
+        f"{judge.get(('mean', 'win'), 0):.0f} %, lose {judge.get(('mean', 'loss'), 0):.0f} %)"
+    )
+    bar = f"≥ {RECOGNISABLE:.2f}"
+    rows = []
+    for system in dict.fromkeys(s for s in (PRETRAINED, main) if s):
+        checks = [
+            ("checker.rate", "reconstruction checker: right colours in the right places", "1"),
+            ("checker.shape_accuracy", "shape-class accuracy of the found objects", "1"),
+        ]
+        for metric, measure, target in checks:
+            rows.append(
+                row(
+                    target,
+                    measure,
+                    system,
+                    "unified_bench",
+                    metric,
+                    bar if metric == "checker.rate" else "> floor",
+                    reconstruct,
+                    floor=metric.replace("checker.", "checker.floor."),
+                    ceiling=metric.replace("checker.", "checker.ceiling."),
+                    check=(lambda v, f: _at_least(v, RECOGNISABLE)) if metric == "checker.rate" else _above,
+                )
+            )
+        for kind in ("color", "shape"):
+            rows.append(
+                row(
+                    "2",
+                    f"caption {'colour' if kind == 'color' else 'shape-class'} recall",
+                    system,
+                    "unified_bench",
+                    f"captions.{kind}_recall",
+                    bar,
+                    captions,
+                    floor=f"captions.floor.{kind}_recall",
+                    check=lambda v, f: _at_least(v, RECOGNISABLE),
+                )
+            )
+    rows.append(
+        row(
+            "3",
+            "GenEval overall, pretrained pair",
+            PRETRAINED,
+            "geneval",
+            "overall",
+            f"≥ {FOLLOWS_PROMPT:.2f}",
+            "—" if geneval_uae is None else f"UAE {geneval_uae:.2f} (Table 2)",
+            floor="floor.overall",
+            check=lambda v, f: _at_least(v, FOLLOWS_PROMPT),
+        )
+    )
+    rows.extend(_rl_rows(con, run, systems, config, paper_step, ablation))
+    rows.append(
+        row(
+            "5",
+            "UniToken: reconstruction checker",
+            "unitoken",
+            "unified_bench",
+            "checker.rate",
+            bar,
+            "—",
+            floor="checker.floor.rate",
+            ceiling="checker.ceiling.rate",
+            check=lambda v, f: _at_least(v, RECOGNISABLE),
+        )
+    )
+    rows.sort(key=lambda r: r["target"])  # stable: within a target, the pretrained pair first
+    return {"rows": rows, "main": main, "tolerance": f"{learning.CENTRE_TOLERANCE:g}"}
+
+
+RL_GAIN_METRIC = ("unified_bench", "overall")  # no per-variant validation reward reaches the warehouse
+
+
+def _paper_order(ablation: dict[str, float]) -> str:
+    labels = ("no RL", "+ Stage 2a", "+ Stage 2b", "both (UAE)")
+    if any(label not in ablation for label in labels):
+        return "—"
+    a, b, c, d = (f"{label} {ablation[label]:.2f}" for label in labels)
+    return f"{a} < {b}, {c} < {d}"
+
+
+def _rl_rows(
+    con, run: str, systems: list[str], config: dict, paper_step, ablation: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Stage 2a's and 2b's gain over the pair they start from (the cold-start pair where the run has
+    one, else the pretrained pair), against the seed-to-seed spread (``eval.seed_spread``), and the
+    ablation's ordering none < 2a, 2b < 2a+2b."""
+    bench, metric = RL_GAIN_METRIC
+    key = f"{bench}.{metric}"
+    spread = ((config.get("eval") or {}).get("seed_spread") or {}).get(key)
+    overall = {s: q.score(con, run, s, bench, metric) for s in systems}
+    base = "coldstart" if overall.get("coldstart") is not None else PRETRAINED
+    measured = f"Unified-Bench Overall, bench split ({key}; no per-variant validation reward is recorded)"
+    rows = []
+    for variant, label in (("2a", "+ Stage 2a"), ("2b", "+ Stage 2b")):
+        ours, start = overall.get(variant), overall.get(base)
+        gain = None if ours is None or start is None else ours - start
+        passed = None if gain is None or spread is None else gain > spread
+        rows.append(
+            {
+                "target": "4",
+                "measure": f"Stage {variant} gain: {variant} − {base}; {measured}",
+                "system": variant,
+                "bench": bench,
+                "metric": f"gain over {base}",
+                "ours": gain,
+                "floor": None,
+                "floor_metric": None,
+                "ceiling": None,
+                "ceiling_metric": None,
+                "bar": "> seed spread " + ("not measured" if spread is None else f"{spread:.3f}"),
+                "paper": paper_step("no RL", label),
+                "passed": passed,
+                "mark": _mark(passed),
+            }
+        )
+    pairs = [("none", "2a"), ("none", "2b"), ("2a", "2a+2b"), ("2b", "2a+2b")]
+    known = [(a, b) for a, b in pairs if overall.get(a) is not None and overall.get(b) is not None]
+    broken = [f"{a} {overall[a]:.3f} ≥ {b} {overall[b]:.3f}" for a, b in known if overall[a] >= overall[b]]
+    passed = None if len(known) < len(pairs) else not broken
+    rows.append(
+        {
+            "target": "4",
+            "measure": f"ablation ordering none < 2a, 2b < 2a+2b; {measured}",
+            "system": "ablation",
+            "bench": bench,
+            "metric": "ordering",
+            "ours": None,
+            "text": "; ".join(broken) if broken else ("holds" if passed else "not every variant ran"),
+            "floor": None,
+            "floor_metric": None,
+            "ceiling": None,
+            "ceiling_metric": None,
+            "bar": "every pair in order",
+            "paper": _paper_order(ablation),
+            "passed": passed,
+            "mark": _mark(passed),
+        }
+    )
+    return rows
+
+
 SYSTEM_PROTOCOL = ("reader", "coldstart", "conditioning")  # keys of a variant/system record's "protocol"
 
 
@@ -195,8 +394,13 @@ def _gallery(con, run: str, items_root: Path, systems: list[str]) -> list[dict]:
     before, after = "none", next((s for s in ("2a+2b", "2a", "2b") if s in systems), None)
     if before not in systems:
         return []
-    first = q.samples(con, run, before, "unified_bench", limit=6)
-    last = {r["item_id"]: r for r in (q.samples(con, run, after, "unified_bench", limit=6) if after else [])}
+    # shapes-world images first: the checker has a verdict on them (learning.py); photos only if none
+    checked = "json_extract_string(record, '$.checker') IS NOT NULL"
+    first = q.samples(con, run, before, "unified_bench", where=checked, limit=6) or q.samples(
+        con, run, before, "unified_bench", limit=6
+    )
+    ids = [r["item_id"] for r in first]
+    last = {r["item_id"]: r for r in (q.samples_of(con, run, after, "unified_bench", ids) if after else [])}
     gallery = []
     for record in first:
         later = last.get(record["item_id"])
@@ -206,12 +410,27 @@ def _gallery(con, run: str, items_root: Path, systems: list[str]) -> list[dict]:
                 "original": image_uri(items_root / "images" / record["input"]),
                 "before_caption": record["caption"],
                 "before": image_uri(record["output"]),
+                "before_verdict": _verdict(record),
                 "after_caption": later["caption"] if later else None,
                 "after": image_uri(later["output"]) if later else None,
+                "after_verdict": _verdict(later) if later else None,
                 "after_system": after,
             }
         )
     return gallery
+
+
+def _verdict(record: dict) -> dict[str, Any] | None:
+    """The shapes-world checker's verdict on one reconstruction (None: not a shapes-world image)."""
+    if record.get("checker") is None:
+        return None
+    return {
+        "passed": record["checker"] == "pass",
+        "mark": _mark(record["checker"] == "pass"),
+        "reason": record.get("checker_reason") or "",
+        "color_recall": record.get("color_recall"),
+        "shape_recall": record.get("shape_recall"),
+    }
 
 
 def _failures(con, run: str, systems: list[str]) -> list[dict]:
@@ -400,6 +619,7 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
         "dag_svg": dag_svg,
         "systems": systems,
         "headline": _headline(con, run, benches, systems),
+        "learning": _learning(con, run, systems, summary["config"]),
         "protocols": _protocols(con, run, systems, benches),
         "tables": [_comparison(con, run, b, systems) for b in benches],
         "recipes": _recipes(con, run, systems),
@@ -412,6 +632,7 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
                 "system": s,
                 "tasks": {t: q.score(con, run, s, "geneval", t) for t in geneval_tasks},
                 "overall": q.score(con, run, s, "geneval", "overall"),
+                "floor": q.score(con, run, s, "geneval", "floor.overall"),
             }
             for s in systems
         ],

@@ -143,6 +143,17 @@ def samples(con, run: str, system: str, bench: str, where: str = "TRUE", limit: 
     return [json.loads(r["record"]) | {"sample_key": r["sample_key"]} for r in found]
 
 
+def samples_of(con, run: str, system: str, bench: str, item_ids: list[str]) -> list[dict]:
+    """A system's per-sample records of the given items (the gallery's "after" column)."""
+    found = rows(
+        con,
+        """SELECT sample_key, record FROM eval_samples WHERE run_id = ? AND system = ? AND benchmark = ?
+           AND list_contains(?, item_id) ORDER BY sample_key""",
+        [run, system, bench, item_ids],
+    )
+    return [json.loads(r["record"]) | {"sample_key": r["sample_key"]} for r in found]
+
+
 def selections(con, run: str) -> list[dict]:
     return rows(
         con,

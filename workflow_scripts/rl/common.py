@@ -1,4 +1,5 @@
-"""What the RL stages share: rollout caching per GRPO cycle, reward models, sample triples, gathering."""
+"""What the RL stages share: rollout caching per GRPO cycle, reward models, sample triples, gathering,
+stored captions."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from workflow_scripts import atomic
 from workflow_scripts.reward.functions import RewardModel
 from workflow_scripts.rl.config import GRPOConfig
 
@@ -27,6 +29,52 @@ def gather(values: torch.Tensor) -> torch.Tensor:
     parts = [torch.zeros_like(values) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, values.contiguous())
     return torch.cat(parts)
+
+
+def gather_objects(values: list) -> list:
+    """All processes' lists of picklable values, concatenated in rank order (``values`` when not
+    distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    parts: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, values)
+    return [v for part in parts for v in part]
+
+
+@dataclass(frozen=True)
+class CaptionStore:
+    """Captions written once per (image id, caption seed, captioner) and kept in a JSON file of the
+    stage's work directory, so a resumed or re-run job reuses them instead of captioning again.
+
+    ``captioner`` names everything else a caption depends on: the captioner's directory fingerprint and
+    the sampling settings. Entries of another captioner are dropped when the file is next written."""
+
+    path: Path
+    captioner: str
+
+    def load(self) -> dict[tuple[str, int], str]:
+        if not self.path.exists():
+            return {}
+        try:
+            entries = json.loads(self.path.read_text())["captions"]
+            return {
+                (e["image_id"], int(e["seed"])): e["caption"]
+                for e in entries
+                if e["captioner"] == self.captioner
+            }
+        except (ValueError, KeyError, TypeError) as error:
+            # written atomically, so only a hand edit breaks it; the captions are recomputed
+            log.warning("ignoring unreadable caption store %s (%s); captioning again", self.path, error)
+            return {}
+
+    def save(self, captions: dict[tuple[str, int], str]) -> None:
+        entries = [
+            {"image_id": image_id, "seed": seed, "captioner": self.captioner, "caption": caption}
+            for (image_id, seed), caption in sorted(captions.items())
+        ]
+        atomic.write_json(self.path, {"captions": entries})
 
 
 @dataclass
@@ -100,4 +148,12 @@ def reward_stats(
     return stats
 
 
-__all__ = ["Cycles", "RewardModel", "SampleWriter", "gather", "reward_stats"]
+__all__ = [
+    "CaptionStore",
+    "Cycles",
+    "RewardModel",
+    "SampleWriter",
+    "gather",
+    "gather_objects",
+    "reward_stats",
+]

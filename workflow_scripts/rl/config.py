@@ -146,11 +146,17 @@ class DecoderRLConfig(GRPOTaskConfig):
     noise_level: float = doc("a in the SDE noise std a*sqrt(sigma/(1-sigma)) (Flow-GRPO: 0.7).")
     advantage_clip: float = doc("Advantages are clipped to +-this (Flow-GRPO: 5).")
     caption_temperature: float = doc("Temperature of the frozen encoder's one caption per image.")
+    caption_batch_size: int = doc(
+        "Images per generate() call when the frozen encoder captions the run's images, once, before the "
+        "first rollout (each caption keeps its own seed, so the batch size never changes a caption)."
+    )
 
     def __post_init__(self) -> None:
         GRPOTaskConfig.__post_init__(self)  # (a slotted dataclass has no zero-argument super())
         if not 0 < self.train_timestep_fraction <= 1:
             raise ValueError("train_timestep_fraction must be in (0, 1]")
+        if self.caption_batch_size < 1:
+            raise ValueError("caption_batch_size must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

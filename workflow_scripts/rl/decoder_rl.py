@@ -3,6 +3,10 @@
 The frozen encoder writes one caption per image; the policy draws G images from different noise with the
 SDE sampler (each denoising step a Gaussian with a known log-probability); every step of every rollout is
 a GRPO sample with the image's group-relative advantage, and a KL to the adapter-disabled reference.
+
+A caption depends only on its image and its seed, so the captions of every image the run will use are
+written before the first rollout, in batches of ``caption_batch_size`` shared out over the processes,
+and kept in the stage's work directory (``CaptionStore``) for a resumed job.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from workflow_scripts.models.encoder import CaptionPrompt, Encoder
 from workflow_scripts.reward.functions import RewardInputs, RewardModel
 from workflow_scripts.reward.pixels import to_pil, to_unit
 from workflow_scripts.rl import grpo
-from workflow_scripts.rl.common import Cycles, SampleWriter, gather, reward_stats
+from workflow_scripts.rl.common import (
+    CaptionStore,
+    Cycles,
+    SampleWriter,
+    gather,
+    gather_objects,
+    reward_stats,
+)
 from workflow_scripts.rl.config import DecoderRLConfig
 from workflow_scripts.rl.flow import Schedule, cfg_velocity, initial_noise, sample
 from workflow_scripts.seeding import derive_seed
@@ -61,6 +72,7 @@ class DecoderGRPO:
     start: Path
     metadata: dict
     name: str = "rl_decoder"
+    store: CaptionStore | None = None  # None: captions are kept in memory only
 
     def trainable(self) -> torch.nn.Module:
         self.decoder.transformer.requires_grad_(False)
@@ -75,27 +87,73 @@ class DecoderGRPO:
     def micro_batches(self, step: int, rank: int, world: int) -> list[FlowStep]:
         return self.cycles.get(step, lambda s: self._rollout(s, rank, world))
 
-    def _caption(self, index: int, image) -> str:
-        if index not in self.captions:
-            self.captions[index] = self.captioner.caption(
-                [image],
+    def _indices(self, start: int, stop: int) -> list[int]:
+        """Dataset rows of steps [start, stop) over all processes, each once, in order of first use."""
+        rows: dict[int, None] = {}
+        for position in range(start * self.plan.batch_size, stop * self.plan.batch_size):
+            rows.setdefault(self.plan.index(position), None)
+            if len(rows) == self.plan.num_samples:
+                break
+        return list(rows)
+
+    def caption_seed(self, index: int) -> int:
+        return derive_seed(self.seed, "caption", index)
+
+    @torch.no_grad()
+    def prepare_captions(self, step: int, rank: int, world: int) -> None:
+        """Caption every image the run uses from ``step`` on that has no caption yet: those in the store,
+        then the rest in batches, each process captioning every world-th of them (all processes call
+        this at the same step; they end with the same captions)."""
+        stop = max(step + 1, self.cfg.loop.steps)
+        wanted = [i for i in self._indices(step, stop) if i not in self.captions]
+        if not wanted:
+            return
+        stored = self.store.load() if self.store else {}
+        keys = {i: (self.dataset[i].image_id, self.caption_seed(i)) for i in wanted}
+        missing = []
+        for index, key in keys.items():
+            if key in stored:
+                self.captions[index] = stored[key]
+            else:
+                missing.append(index)
+        mine, size = missing[rank::world], self.cfg.caption_batch_size
+        written = []
+        for first in range(0, len(mine), size):
+            batch = mine[first : first + size]
+            texts = self.captioner.caption(
+                [self.dataset[i].image for i in batch],
                 self.instruction,
                 temperature=self.cfg.caption_temperature,
                 max_new_tokens=self.max_text_tokens,
-                generator_seed=derive_seed(self.seed, "caption", index),
-            )[0]
-        return self.captions[index]
+                generator_seed=[self.caption_seed(i) for i in batch],
+            )
+            written += zip(batch, texts, strict=True)
+        written = gather_objects(written)
+        for index, text in written:
+            self.captions[index] = text
+            stored[keys[index]] = text
+        if written and self.store and rank == 0:
+            self.store.save(stored)
+        log.info(
+            "%s: %d captions from the store, %d written in batches of %d",
+            self.name,
+            len(wanted) - len(missing),
+            len(missing),
+            size,
+        )
 
     @torch.no_grad()
     def _rollout(self, step: int, rank: int, world: int) -> list[FlowStep]:
         G = self.cfg.grpo.group_size
+        if any(i not in self.captions for i in self._indices(step, step + 1)):
+            self.prepare_captions(step, rank, world)  # the first rollout of this process (or past loop.steps)
         self.policy.eval()
         chunks = self.plan.micro_batches(step, rank, world)
         rollouts = []
         for chunk in chunks:
             for s in chunk:
                 record = self.dataset[s.index]
-                caption = self._caption(s.index, record.image)
+                caption = self.captions[s.index]
                 embeds, negative = condition(
                     self.text_encoder, self.decoder.projector, [caption], self.conditioning
                 )
@@ -209,6 +267,27 @@ class DecoderGRPO:
         export_decoder(
             self.decoder, model, out_dir, lora=True, final=final, start=self.start, metadata=self.metadata
         )
+
+
+def caption_store(
+    folder: Path,
+    captioner: Path,
+    cfg: DecoderRLConfig,
+    instruction: CaptionPrompt,
+    max_text_tokens: int,
+) -> CaptionStore:
+    """The stage's caption store (``folder/captions.json``), its entries keyed by the captioner's
+    directory contents and everything else the sampling reads."""
+    from workflow_scripts.config.loader import digest
+    from workflow_scripts.fingerprint import fingerprint
+
+    identity = {
+        "captioner": fingerprint(captioner),
+        "instruction": [instruction.instruction, instruction.instruction_first],
+        "temperature": cfg.caption_temperature,
+        "max_new_tokens": max_text_tokens,
+    }
+    return CaptionStore(folder / "captions.json", digest(identity))
 
 
 def _padded_cat(embeds: list[torch.Tensor]) -> torch.Tensor:

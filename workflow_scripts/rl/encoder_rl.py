@@ -50,13 +50,24 @@ class CaptionGroups:
     old_logp: torch.Tensor | None = field(default=None, repr=False)
 
 
-def completion_logprobs(model, inputs: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
-    """log pi(token) of every target position, (N, L - 1), at the sampling temperature (as TRL does)."""
+def completion_logprobs(
+    model, inputs: dict[str, torch.Tensor], temperature: float, completion_mask: torch.Tensor
+) -> torch.Tensor:
+    """log pi(token) at the sampling temperature (as TRL does), (N, L - 1) like ``completion_mask``.
+
+    Only the positions from the first one that predicts a completion token go through the LM head
+    (``logits_to_keep``, as TRL's GRPOTrainer): the prompt's vision tokens and instruction are most of
+    a row, and at a 151K vocabulary their logits and log-softmax were most of the update's cost.
+    Positions before that are 0 (no row has a target there)."""
     device = next(model.parameters()).device
-    out = model(**{k: v.to(device) for k, v in inputs.items()})
-    logits = out.logits[:, :-1].float() / temperature
-    targets = inputs["input_ids"][:, 1:].to(device)
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    width = inputs["input_ids"].shape[1]
+    targeted = completion_mask.bool().any(0).nonzero()
+    first = int(targeted[0]) if len(targeted) else width - 1
+    out = model(**{k: v.to(device) for k, v in inputs.items()}, logits_to_keep=width - first)
+    logits = out.logits[:, :-1].float() / temperature  # positions first .. L - 2
+    targets = inputs["input_ids"][:, first + 1 :].to(device)
+    picked = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return torch.nn.functional.pad(picked, (first, 0))
 
 
 @dataclass
@@ -150,6 +161,12 @@ class EncoderGRPO:
             **prompt.to(device),
             do_sample=True,
             temperature=self.cfg.temperature,
+            # the ratio's log-probs are of softmax(logits / T): sample from exactly that, whatever a
+            # model directory's generation_config sets (Qwen2.5-VL-Instruct ships top_k 1, top_p 0.001 and a
+            # repetition penalty, which would make every rollout of a group the same caption)
+            top_k=0,
+            top_p=1.0,
+            repetition_penalty=1.0,
             max_new_tokens=self.cfg.max_new_tokens,
             num_return_sequences=G,
             suppress_tokens=self.encoder.vision_token_ids,  # captions are text (see Encoder)
@@ -210,12 +227,12 @@ class EncoderGRPO:
             "mm_token_type_ids": (input_ids == self.encoder.image_token_id).int(),
         }
         with self.policy.disable_adapter():
-            ref = completion_logprobs(self.policy, inputs, self.cfg.temperature).cpu()
+            ref = completion_logprobs(self.policy, inputs, self.cfg.temperature, completion_mask).cpu()
         return CaptionGroups(inputs, completion_mask, ref, advantages, stats, normalizer)
 
     # --- update ----------------------------------------------------------------------------------
     def loss(self, model, batch: CaptionGroups, step: int):
-        logp = completion_logprobs(model, batch.inputs, self.cfg.temperature)
+        logp = completion_logprobs(model, batch.inputs, self.cfg.temperature, batch.completion_mask)
         if step % self.cfg.grpo.inner_iterations == 0:
             batch.old_logp = logp.detach()  # the sampling policy: rho = 1 on the first inner iteration
         device = logp.device

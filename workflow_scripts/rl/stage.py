@@ -5,46 +5,51 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workflow_scripts import atomic
 from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.harness.context import JobContext
 from workflow_scripts.harness.device import job_device
 from workflow_scripts.harness.stage import finalizer, identity, stage_paths
-from workflow_scripts.models.conditioning import ConditioningSpec
-from workflow_scripts.models.decoder import FORMAT_FILE, load_decoder
-from workflow_scripts.models.encoder import CaptionPrompt, load_encoder
-from workflow_scripts.reward.backbones import load_backbones, reward_backbone_inputs
-from workflow_scripts.reward.functions import RewardModel
-from workflow_scripts.rl.coldstart import ColdStart
-from workflow_scripts.rl.common import SampleWriter
-from workflow_scripts.rl.decoder_rl import DecoderGRPO
-from workflow_scripts.rl.encoder_rl import EncoderGRPO
 from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan
-from workflow_scripts.train.loop import train
+
+# The model stack (torch, transformers, diffusers, peft: seconds of import) is imported inside the
+# functions of the training entries: a variant's record (rl_variant) needs none of it
+# (tests/test_job_overhead.py).
+if TYPE_CHECKING:
+    from workflow_scripts.reward.functions import RewardModel
 
 log = logging.getLogger(__name__)
 
 
 def _backbones(ctx: JobContext, names, device):
+    from workflow_scripts.reward.backbones import load_backbones, reward_backbone_inputs
+
     dtype = ctx.cfg.models.torch_dtype(device)
     return load_backbones(reward_backbone_inputs(ctx.spec.inputs), names, dtype, device)
 
 
 def _reward(ctx: JobContext, device) -> RewardModel:
+    from workflow_scripts.reward.functions import RewardModel
+
     rewards = ctx.cfg.rl.rewards
     names = list(rewards.reconstruction.alphas) if rewards.reconstruction.weight else []
     return RewardModel(rewards, _backbones(ctx, names, device))
 
 
 def _decoder_metadata(decoder_dir: Path, resolution: int) -> dict:
+    from workflow_scripts.models.decoder import FORMAT_FILE
+
     meta = json.loads((decoder_dir / FORMAT_FILE).read_text())
     keep = ("conditioning_role", "max_text_tokens", "llm_hidden_size")
     return {**{k: meta[k] for k in keep}, "resolution": resolution}
 
 
 def _run(ctx: JobContext, task, loop, dataset: ShardDataset) -> dict:
+    from workflow_scripts.train.loop import train
+
     paths = stage_paths(ctx)
     run_identity = identity(ctx)
     summary = train(
@@ -58,6 +63,9 @@ def _run(ctx: JobContext, task, loop, dataset: ShardDataset) -> dict:
 
 
 def _common(ctx: JobContext, stage: str, resolution: int, loop):
+    from workflow_scripts.models.conditioning import ConditioningSpec
+    from workflow_scripts.models.encoder import CaptionPrompt
+
     seed = derive_seed(ctx.cfg.seed, stage)
     seed_everything(seed)
     dataset = ShardDataset(ctx.input("rl_data"), "rl", resolution)
@@ -76,6 +84,10 @@ def _common(ctx: JobContext, stage: str, resolution: int, loop):
 
 
 def coldstart(ctx: JobContext) -> dict:
+    from workflow_scripts.models.decoder import load_decoder
+    from workflow_scripts.models.encoder import load_encoder
+    from workflow_scripts.rl.coldstart import ColdStart
+
     cfg = ctx.cfg.rl.coldstart
     device = job_device(ctx.local_rank)
     seed, dataset, plan, reading = _common(ctx, "rl_coldstart", cfg.resolution, cfg.loop)
@@ -103,6 +115,11 @@ def coldstart(ctx: JobContext) -> dict:
 
 
 def encoder(ctx: JobContext) -> dict:
+    from workflow_scripts.models.decoder import load_decoder
+    from workflow_scripts.models.encoder import load_encoder
+    from workflow_scripts.rl.common import SampleWriter
+    from workflow_scripts.rl.encoder_rl import EncoderGRPO
+
     cfg = ctx.cfg.rl.encoder
     device = job_device(ctx.local_rank)
     seed, dataset, plan, reading = _common(ctx, "rl_encoder", cfg.resolution, cfg.loop)
@@ -129,6 +146,11 @@ def encoder(ctx: JobContext) -> dict:
 
 
 def decoder(ctx: JobContext) -> dict:
+    from workflow_scripts.models.decoder import load_decoder
+    from workflow_scripts.models.encoder import load_encoder
+    from workflow_scripts.rl.common import SampleWriter
+    from workflow_scripts.rl.decoder_rl import DecoderGRPO, caption_store
+
     cfg = ctx.cfg.rl.decoder
     device = job_device(ctx.local_rank)
     seed, dataset, plan, reading = _common(
@@ -156,6 +178,13 @@ def decoder(ctx: JobContext) -> dict:
         samples=samples,
         start=ctx.input("decoder"),
         metadata=_decoder_metadata(ctx.input("decoder"), cfg.resolution),
+        store=caption_store(
+            stage_paths(ctx).checkpoints.parent,
+            ctx.input("captioner"),
+            cfg,
+            reading["instruction"],
+            reading["max_text_tokens"],
+        ),
         **reading,
     )
     task.name = f"rl_decoder_{ctx.spec.wildcards['variant']}"

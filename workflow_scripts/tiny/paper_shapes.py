@@ -9,6 +9,13 @@ model path of paper.example.yaml at them::
 
     snakemake -n all --configfile paper.example.yaml OUT_DIR/paper.stand_in.yaml
 
+``--smoke`` builds the paper DAG's models (not UniToken's) and writes a handful of images and one-line
+benchmark files with ``OUT_DIR/paper.smoke_data.yaml``; the smoke run then executes every rule of the paper
+DAG on CPU through the local launcher (2 optimiser steps per stage, tests/configs/paper_smoke.yaml)::
+
+    snakemake all --configfile paper.example.yaml OUT_DIR/paper.stand_in.yaml \
+        OUT_DIR/paper.smoke_data.yaml tests/configs/paper_smoke.yaml
+
 What is cut, and why (also in ``OUT_DIR/stand_in.json``):
 
 * every stack's depth (``--layers``; the DiT keeps at least 2 joint blocks so both block kinds run: the
@@ -691,6 +698,75 @@ def write_config(out_root: Path) -> Path:
     return path
 
 
+# -------------------------------------------------------------------------------------- smoke run data
+SMOKE_DATA_FILE = "paper.smoke_data.yaml"
+SMOKE_OVERLAY = Path(__file__).resolve().parents[2] / "tests" / "configs" / "paper_smoke.yaml"
+SMOKE_IMAGES = 1  # drafted by the VLM (the overlay adds 5 shapes scenes: 1 val, 1 bench, 4 train)
+# the models of the paper preset's DAG (UniToken is off in paper.yaml: its three stand-ins are not used)
+SMOKE_MODELS = tuple(name for name, (*_, keys) in MODELS.items() if not keys[0].startswith("unitoken."))
+# one official line of each generation benchmark: GenEval's evaluation_metadata.jsonl and Echo-4o's
+# Geneval++.jsonl (its first line)
+GENEVAL_LINE = (
+    '{"tag": "colors", "include": [{"class": "bus", "count": 1, "color": "red"}], '
+    '"prompt": "a photo of a red bus"}'
+)
+GENEVAL_PP_LINE = (
+    '{"tag": "color_attr", "include": [{"class": "bus", "count": 1, "color": "brown"}, {"class": "truck", '
+    '"count": 1, "color": "green"}, {"class": "skateboard", "count": 1, "color": "red"}], "prompt": "A photo '
+    'of a brown bus, a green truck, and a red skateboard"}'
+)
+
+
+def write_smoke_data(out_root: Path, images: int = SMOKE_IMAGES) -> Path:
+    """The data a smoke run of the paper preset reads, under ``out_root/smoke_data``: an image folder
+    (1024-px shapes scenes, no caption sidecars, so the draft VLM and the refining LLM caption them), a
+    2-image Unified-Bench folder, one-line GenEval and GenEval++ item files; and ``paper.smoke_data.yaml``
+    pointing the paper preset's data keys at them (layer it after paper.example.yaml)."""
+    import numpy as np
+
+    from workflow_scripts.data import scenes
+
+    root = out_root / "smoke_data"
+    rng = np.random.default_rng(SEED)
+    folders = {"longcap": images, "unibench": 2}
+    for name, count in folders.items():
+        with atomic.directory(root / name) as tmp:
+            for i in range(count):
+                scene = scenes.sample_scene(rng, min_objects=2, max_objects=5)
+                scenes.render(scene, 1024).save(tmp / f"{i:04d}.png")
+    atomic.write_text(root / "geneval.jsonl", GENEVAL_LINE + "\n")
+    atomic.write_text(root / "geneval_pp.jsonl", GENEVAL_PP_LINE + "\n")
+    overrides = {
+        "data": {"sources": {"folder": {"path": str((root / "longcap").resolve())}}},
+        "eval": {
+            "unified_bench": {"folder": str((root / "unibench").resolve())},
+            "geneval": {"items_file": str((root / "geneval.jsonl").resolve())},
+            "geneval_pp": {"items_file": str((root / "geneval_pp.jsonl").resolve())},
+        },
+    }
+    import yaml
+
+    path = out_root / SMOKE_DATA_FILE
+    atomic.write_text(
+        path,
+        "# Smoke-run data for the paper preset (python -m workflow_scripts.tiny.paper_shapes OUT --smoke)\n"
+        + yaml.safe_dump(overrides, sort_keys=False),
+    )
+    return path
+
+
+def smoke_command(out_root: Path) -> list[str]:
+    """The snakemake arguments of the smoke run, from the repository root."""
+    return [
+        "all",
+        "--configfile",
+        "paper.example.yaml",
+        str(out_root / CONFIG_FILE),
+        str(out_root / SMOKE_DATA_FILE),
+        str(SMOKE_OVERLAY.relative_to(SMOKE_OVERLAY.parents[2])),
+    ]
+
+
 # ---------------------------------------------------------------------------------------- measuring
 def load_with_pipeline_loader(name: str, folder: Path):
     """Load ``folder`` with the loader the pipeline uses for model ``name``."""
@@ -791,6 +867,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", choices=sorted(MODELS), help="build only these models")
     parser.add_argument("--measure", action="store_true", help="load each with our loader; record RSS")
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="build the paper DAG's models only (not UniToken's) if missing, and write the smoke-run data "
+        "and its configfile; then run the printed snakemake command",
+    )
+    parser.add_argument(
         "--judge-heads",
         type=int,
         default=JUDGE_HEADS,
@@ -801,7 +883,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report_path = args.out_dir / STAND_IN_FILE
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    for name in args.only or MODELS:
+    names = args.only or (SMOKE_MODELS if args.smoke else MODELS)
+    for name in names:
+        if args.smoke and (args.out_dir / name).exists():
+            continue  # built before (atomically): a smoke rerun reuses it
         record = build(name, args.out_dir, layers=args.layers, judge_heads=args.judge_heads)
         record["build_peak_rss_mb"] = round(peak_rss_mb())  # cumulative over this process
         if args.measure:
@@ -810,6 +895,9 @@ def main(argv: list[str] | None = None) -> None:
         log.info("%s: %s", name, json.dumps(record))
         atomic.write_text(report_path, json.dumps(report, indent=2))
     log.info("wrote %s", write_config(args.out_dir))
+    if args.smoke:
+        log.info("wrote %s", write_smoke_data(args.out_dir))
+        log.info("run from the repository root:\n  snakemake %s", " ".join(smoke_command(args.out_dir)))
 
 
 if __name__ == "__main__":

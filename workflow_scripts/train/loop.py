@@ -38,7 +38,8 @@ class TrainTask(Protocol):
     def trainable(self) -> torch.nn.Module:
         """The module the engine (train/engines.py) wraps; only its parameters with requires_grad are
         optimised. A task may also define ``param_groups(model) -> [{"params": [...], "lr_scale": s}]``
-        (lr x s per group)."""
+        (lr x s per group), and ``after_step(model, steps_done)``, called after every optimiser step
+        before the checkpointer runs."""
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[Any]:
         """This process's micro-batches of ``step`` (deterministic in step, rank, world)."""
@@ -78,6 +79,7 @@ def train(
     schedule = build_schedule(optimizer, loop.optim, loop.steps)
     model, optimizer = engine.prepare(model, optimizer, schedule)
     params = [p for p in model.parameters() if p.requires_grad]
+    after_step = getattr(task, "after_step", None)  # optional: (model, steps done) after each update
 
     checkpointer = Checkpointer(
         paths.checkpoints,
@@ -141,6 +143,8 @@ def train(
                     f"{step + 1}; nothing was saved after it. Last good checkpoint: {where}. Lower the "
                     "learning rate or enable gradient clipping, then re-run the rule: it resumes from there."
                 )
+            if after_step is not None:  # e.g. an EMA of the weights, saved with the checkpoint below
+                after_step(model, step + 1)
             if stop.aborted():  # SIGTERM: the job is going away; a requeued run may already be resuming
                 stop.abort_now(f"{task.name} after step {step + 1}")
 

@@ -16,22 +16,20 @@ from workflow_scripts.harness.context import JobContext, JobSpec
 from workflow_scripts.harness.stage import finalizer, identity, stage_paths
 from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan
-from workflow_scripts.train.loop import train
 from workflow_scripts.unitoken import records as token_files
-from workflow_scripts.unitoken.model import UniToken
-from workflow_scripts.unitoken.pretokenize import encoded, units
-from workflow_scripts.unitoken.sequence import (
-    Layout,
-    RecordError,
-)
-from workflow_scripts.unitoken.training import UniTokenTraining
-from workflow_scripts.unitoken.vq import VQTokenizer, vq_config
-from workflow_scripts.unitoken.vq_training import VQTraining, reconstruction_quality
+
+# The model stack (torch, transformers: seconds of import) is imported inside the entries that train
+# or tokenize: the system record (unitoken_system) and the launcher's gather step need none of it
+# (tests/test_job_overhead.py).
 
 log = logging.getLogger(__name__)
 
 
 def train_vq(ctx: JobContext) -> dict:
+    from workflow_scripts.train.loop import train
+    from workflow_scripts.unitoken.vq import VQTokenizer, vq_config
+    from workflow_scripts.unitoken.vq_training import VQTraining, reconstruction_quality
+
     cfg = ctx.cfg.unitoken
     spec = cfg.models.tiny_vq
     seed_everything(derive_seed(ctx.cfg.seed, "unitoken_vq", "init"))
@@ -56,6 +54,10 @@ def train_vq(ctx: JobContext) -> dict:
 
 def pretokenize(ctx: JobContext) -> dict:
     """Shard k: work units k, k + shards, ...; each image VQ-encoded once; bad records logged and skipped."""
+    from workflow_scripts.unitoken.pretokenize import encoded, units
+    from workflow_scripts.unitoken.sequence import Layout, RecordError
+    from workflow_scripts.unitoken.vq import VQTokenizer
+
     cfg = ctx.cfg.unitoken
     shard, shards = ctx.spec.array_index or 0, cfg.pretokenize.shards
     out = ctx.output("index").parent
@@ -124,6 +126,11 @@ def gather_pretokenized(spec: JobSpec, results: list[dict]) -> None:
 
 
 def train_stage(ctx: JobContext) -> dict:
+    from workflow_scripts.train.loop import train
+    from workflow_scripts.unitoken.model import UniToken
+    from workflow_scripts.unitoken.training import UniTokenTraining
+    from workflow_scripts.unitoken.vq import VQTokenizer
+
     name = ctx.spec.wildcards["unitoken_stage"]
     cfg = ctx.cfg.unitoken
     (stage,) = [s for s in cfg.stages if s.name == name]

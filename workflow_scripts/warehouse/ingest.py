@@ -109,10 +109,12 @@ def evaluation(
         )
     summary = json.loads(scores.read_text())
     flat: dict[str, float] = {}
-    # GenEval++ adds all_items (accuracy over every item), missing_images and unparsable (both count wrong)
+    # GenEval++ adds all_items (accuracy over every item), missing_images and unparsable (both count wrong);
+    # eval/learning.py adds Unified-Bench's checker.* and captions.* and GenEval's floor.* (each floor,
+    # ceiling beside its figure: checker.floor.rate, checker.ceiling.rate, floor.overall, ...)
     for part in (
         *("overall", "per_task", "correct_images", "correct_prompts", "questions", "images"),
-        *("all_items", "missing_images", "unparsable"),
+        *("all_items", "missing_images", "unparsable", "checker", "captions", "floor"),
     ):
         if part in summary:
             _flatten("" if part == "per_task" else part, summary[part], flat)

@@ -1,0 +1,116 @@
+"""The paper preset's smoke run (issue 18): every rule of the paper DAG executed on CPU through the local
+launcher, on the real-shape stand-ins (workflow_scripts/tiny/paper_shapes.py) with the smoke overlay
+tests/configs/paper_smoke.yaml. Select it alone with ``pytest -m paper_smoke``."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import REPO, dry_run_job_counts, snakemake, write_config
+from workflow_scripts.tiny import paper_shapes as ps
+
+RUN = "paper-smoke"
+
+
+def planned_rules(dry_run_output: str) -> set[str]:
+    return set(dry_run_job_counts(dry_run_output))
+
+
+def finished_rules(log: str) -> set[str]:
+    return set(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log))
+
+
+def test_planned_and_finished_rules_are_read_from_snakemake_output():
+    dry = "Job stats:\njob          count\n---------  -------\ndata_collect     1\nall   1\ntotal  2\n"
+    assert planned_rules(dry) == {"data_collect", "all"}
+    assert finished_rules("Finished jobid: 12 (Rule: eval_score)\nFinished jobid: 3 (Rule: all)") == {
+        "eval_score",
+        "all",
+    }
+
+
+def test_smoke_overlay_keeps_the_published_shapes_and_cuts_only_cost():
+    """The overlay's own promises: decoder phases at 512 and 1024 px (from paper.yaml, untouched),
+    gradient accumulation in every training stage, the local launcher without GPUs."""
+    from workflow_scripts.config.loader import deep_merge, parse, resolve
+
+    overlay = yaml.safe_load(ps.SMOKE_OVERLAY.read_text())
+    example = yaml.safe_load((REPO / "paper.example.yaml").read_text())
+    stand_ins = ps.config_overrides(ps.SMOKE_OVERLAY.parent)  # any folder: parse() only reads paths
+    cfg = parse(resolve(deep_merge(deep_merge(example, stand_ins), overlay)))
+    assert cfg.preset == "paper" and cfg.launcher.kind == "local"
+    assert cfg.launcher.defaults.gpus_per_node == 0
+    phases = {p.name: p for p in cfg.pretrain.decoder.phases}
+    assert (phases["lowres"].resolution, phases["highres"].resolution) == (512, 1024)
+    loops = [cfg.pretrain.encoder.loop, *(p.loop for p in phases.values())]
+    loops += [cfg.rl.coldstart.loop, cfg.rl.encoder.loop, cfg.rl.decoder.loop]
+    for loop in loops:
+        assert loop.steps == 2 and loop.accumulation(1) == 2
+    # the engines of the paper preset stay: the smoke run exercises them at real shapes
+    assert cfg.pretrain.encoder.loop.distributed == "deepspeed"
+    assert {p.loop.distributed for p in phases.values()} == {"fsdp"}
+    assert cfg.models.decoder.projector_hidden_size == 8192
+
+
+@pytest.mark.slow
+@pytest.mark.paper_smoke  # about 2 h on 2 cores: deselected by default (pyproject addopts)
+def test_paper_smoke_run_goes_through_every_rule_of_the_paper_dag(paper_stand_ins, tmp_path):
+    started = time.perf_counter()
+    for name in ps.SMOKE_MODELS:
+        paper_stand_ins(name)
+    root = paper_stand_ins.root
+    ps.write_config(root)
+    ps.write_smoke_data(root)
+    built = time.perf_counter() - started
+
+    work = tmp_path / "work"
+    write_config(work, yaml.safe_load((REPO / "config.yaml").read_text()))
+    shutil.copy(REPO / "paper.example.yaml", work / "paper.example.yaml")
+    files = [str(root / ps.CONFIG_FILE), str(root / ps.SMOKE_DATA_FILE), str(ps.SMOKE_OVERLAY)]
+    configfiles = ["--configfile", "paper.example.yaml", *files]
+    plan = snakemake(work, "all", "-n", "--quiet", "rules", *configfiles)
+    planned = planned_rules(plan.stdout + plan.stderr)
+    assert {"pretrain_decoder", "rl_decoder", "eval_generate", "report"} <= planned
+
+    results = work / "results"
+    train = results / RUN / "train"
+    started, finished = time.perf_counter(), set()
+    try:
+        # one DAG, run in four passes only to fit a CI disk: a finished pretraining stage's resumable
+        # checkpoints (full weights + Adam state: ~7.5 GB for the 2-block SD3.5 DiT) are deleted before
+        # the next one starts; its exported model (train/<stage>/final, the rule's output) stays
+        stages = ("pretrain_encoder", "pretrain_decoder_lowres", "pretrain_decoder_highres")
+        targets = [f"results/{RUN}/train/{stage}/final" for stage in stages]  # relative: as the rules'
+        for target in [*targets, "all"]:
+            result = snakemake(work, target, "--keep-going", *configfiles, timeout=2 * 3600, check=False)
+            finished |= finished_rules(result.stdout + result.stderr)
+            assert result.returncode == 0, f"snakemake {target} failed:\n{result.stderr[-8000:]}"
+            for stage in stages:
+                shutil.rmtree(train / stage / "checkpoints", ignore_errors=True)
+        ran = time.perf_counter() - started
+        check_outputs(results, planned, finished)
+        print(f"paper smoke: stand-ins {built:.0f} s, DAG {ran:.0f} s, rules {sorted(finished)}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # ~15 GB of exports: not kept by pytest's tmp retention
+
+
+def check_outputs(results, planned: set[str], finished: set[str]) -> None:
+    assert planned - finished == set(), f"rules that never ran: {sorted(planned - finished)}"
+    assert (results / RUN / "report" / "report.html").stat().st_size > 0
+    # the exported decoder's projector is the release's 2048 -> 8192 -> 4096 (Qwen2.5-VL-3B -> SD3.5-L)
+    highres = results / RUN / "train" / "pretrain_decoder_highres" / "final"
+    projector = json.loads((highres / "projector" / "config.json").read_text())
+    assert (projector["in_features"], projector["hidden_features"], projector["out_features"]) == (
+        2048,
+        8192,
+        4096,
+    )
+    previews = sorted((highres / "previews").glob("[0-9][0-9][0-9].png"))
+    assert previews and all(Image.open(p).size == (1024, 1024) for p in previews)
