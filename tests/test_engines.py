@@ -236,7 +236,9 @@ def test_decoder_phase_under_fsdp_with_two_launcher_tasks(decoder_inputs, tmp_pa
             folder,
             inputs,
             wildcards={"phase": "lowres"},
-            pretrain={"decoder": {"previews": 1, "phases": [deep_merge(lowres, {"loop": loop})]}},
+            pretrain={  # the tiny preset's EMA keeps whole weights: ddp only
+                "decoder": {"previews": 1, "ema_decay": 0.0, "phases": [deep_merge(lowres, {"loop": loop})]}
+            },
             launcher={"kind": "local", "defaults": {"tasks_per_node": 2, "cpus_per_task": 1}},
         )
         result = subprocess.run(command, capture_output=True, text=True, cwd=decoder_inputs)
@@ -284,3 +286,46 @@ def test_engines_run_one_process_without_a_launcher_and_report_the_unclipped_nor
         )
     for engine, row in rows.items():
         torch.testing.assert_close(row, rows["ddp"], rtol=1e-4, atol=0, msg=engine)
+
+
+def _half_frozen(seed: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    model[0].requires_grad_(False)  # a LoRA stage's base model: an input of the stage
+    torch.manual_seed(seed)
+    torch.nn.init.normal_(model[1].weight)
+    return model
+
+
+def test_ddp_checkpoints_hold_only_the_trained_parameters_and_resume_them(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from workflow_scripts.train.engines import make_engine
+    from workflow_scripts.train.optim import build_schedule
+
+    def prepared(seed):
+        loop = loop_config(4, 2)
+        model = _half_frozen(seed)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        engine = make_engine(loop)
+        model, optimizer = engine.prepare(model, optimizer, build_schedule(optimizer, loop.optim, loop.steps))
+        return engine, model, optimizer
+
+    engine, model, optimizer = prepared(seed=1)
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    engine.save_state(str(tmp_path / "ckpt"))
+    with safe_open(str(tmp_path / "ckpt/model.safetensors"), "pt") as file:
+        assert sorted(file.keys()) == ["1.bias", "1.weight"]
+
+    engine2, resumed, _ = prepared(seed=2)
+    frozen = resumed[0].weight.clone()
+    engine2.load_state(str(tmp_path / "ckpt"))
+    assert torch.equal(resumed[1].weight, model[1].weight) and torch.equal(resumed[0].weight, frozen)
+
+    save_file({"1.bias": model[1].bias.detach()}, tmp_path / "ckpt/model.safetensors")  # a trained one lost
+    with pytest.raises(
+        RuntimeError, match=r"model\.safetensors lacks 1 trained parameter\(s\) \(e\.g\. 1\.weight\)"
+    ):
+        engine2.load_state(str(tmp_path / "ckpt"))

@@ -183,6 +183,7 @@ class AccelerateEngine(Engine):
     def prepare(self, model, optimizer, schedule):
         model, optimizer = self.acc.prepare(model, optimizer)
         self.acc.register_for_checkpointing(schedule)
+        self.acc.register_save_state_pre_hook(_drop_frozen_parameters)
         self.model = model
         return super().prepare(model, optimizer, schedule)
 
@@ -210,7 +211,10 @@ class AccelerateEngine(Engine):
         self.acc.save_state(folder)
 
     def load_state(self, folder):
-        self.acc.load_state(folder)
+        # frozen parameters are not in the checkpoint (_drop_frozen_parameters): they stay as the stage's
+        # inputs loaded them; every trained one must be there
+        self.acc.load_state(folder, strict=False)
+        _require_trained_parameters(Path(folder), self.acc._models)
 
     def export(self, model, write, *, final=False):
         if self.is_main_process:
@@ -220,6 +224,46 @@ class AccelerateEngine(Engine):
         # no trackers to finish; end_training would also destroy the process group, which a second
         # training run in the same process (accelerate's state is a singleton) could not re-create
         self.acc.wait_for_everyone()
+
+
+def _aliases(model: torch.nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter tensor (tied weights have several)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return names
+
+
+def _drop_frozen_parameters(models, weights, output_dir) -> None:
+    """accelerate's save-state hook: a checkpoint keeps what training changes. Frozen parameters (a LoRA
+    stage's whole base model: 23 GB for an RL stage at the paper preset) are the stage's inputs, loaded
+    again on resume; kept, every checkpoint would hold another copy of them. Buffers stay (an EMA's)."""
+    for model, state in zip(models, weights, strict=True):
+        frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        for name in frozen & set(state):
+            del state[name]
+
+
+def _require_trained_parameters(folder: Path, models) -> None:
+    from safetensors import safe_open
+
+    for i, model in enumerate(models):
+        path = folder / f"model{f'_{i}' if i else ''}.safetensors"
+        if not path.exists():
+            continue  # a .bin checkpoint: accelerate's own loader already read it
+        with safe_open(str(path), "pt") as file:
+            saved = set(file.keys())
+        params = dict(model.named_parameters(remove_duplicate=False))
+        missing = [
+            names[0]
+            for names in _aliases(model).values()
+            if params[names[0]].requires_grad and not saved & set(names)
+        ]
+        if missing:
+            raise RuntimeError(
+                f"{path} lacks {len(missing)} trained parameter(s) (e.g. {missing[0]}): it was not written "
+                "by this stage's model. Delete the checkpoint folder to restart the stage from its inputs."
+            )
 
 
 # --- process groups for the engines that manage their own ----------------------------------------------
