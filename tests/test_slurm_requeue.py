@@ -191,6 +191,26 @@ def test_accounting_sums_every_run_of_a_requeued_job(monkeypatch):
     assert slurm_state.poll(["12"])["12"] == slurm_state.Status("COMPLETED", 2)  # squeue forgot it
 
 
+def test_a_job_the_scheduler_accounts_as_0_seconds_keeps_0_not_the_launchers_wall_time(tmp_path):
+    journal = tmp_path / "jobs.jsonl"
+    events = [
+        {"event": "submitted", "job_id": "7", "name": "umm-x", "kind": "slurm", "time": 1.0e9},
+        {
+            "event": "completed",
+            "job_id": "7",
+            "state": "COMPLETED",
+            "time": 1.0e9 + 3.9,
+            "elapsed_seconds": 0.0,
+        },
+    ]
+    journal.write_text("".join(json.dumps(e) + "\n" for e in events))
+    path = tmp_path / "w.duckdb"
+    with db.writer(path) as con:
+        ingest.jobs(con, "run", journal)
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT elapsed_seconds FROM jobs").fetchall() == [(0.0,)]
+
+
 def test_jobs_table_stores_restarts_and_summed_elapsed_and_old_warehouses_migrate(tmp_path):
     journal = tmp_path / "jobs.jsonl"
     events = [

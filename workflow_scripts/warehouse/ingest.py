@@ -232,8 +232,10 @@ def jobs(con: duckdb.DuckDBPyConnection, run_id: str, journal: Path) -> list[dic
                 "exit_code": job.get("exit_code"),
                 "submitted_at": _time(started),
                 "ended_at": _time(ended),
-                "elapsed_seconds": job.get("elapsed_seconds")
-                or ((ended - started) if started and ended else None),
+                # the scheduler's figure when it has one, even 0 (a job under a second): not our wall time
+                "elapsed_seconds": job["elapsed_seconds"]
+                if job.get("elapsed_seconds") is not None
+                else ((ended - started) if started and ended else None),
                 "requested_tres": job.get("requested_tres"),
                 "log_folder": job.get("log_folder"),
                 "restarts": job.get("restarts") or 0,
