@@ -303,16 +303,6 @@ def geneval_floor(records: list[dict], tasks: Sequence[str]) -> dict:
     }
 
 
-def _vae_folder(decoder: Path) -> Path:
-    """The VAE a decoder directory draws through: its own vae/, or, for an adapter-only directory, its
-    base's (followed as models/decoder.py loads it); an SD3 diffusers directory's vae/."""
-    from workflow_scripts.models.decoder import FORMAT_FILE
-
-    meta_file = decoder / FORMAT_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    return _vae_folder((decoder / meta["base"]).resolve()) if "base" in meta else decoder / "vae"
-
-
 def system_autoencoder(record: dict, device, dtype) -> Autoencode | None:
     """The autoencoder a system draws through, as images -> reconstructions at the same size: a UAE
     decoder's VAE (posterior mode, then decode), a release checkpoint's SD3 VAE, UniToken's VQ tokenizer
@@ -337,10 +327,12 @@ def system_autoencoder(record: dict, device, dtype) -> Autoencode | None:
         return through_vq
     from diffusers import AutoencoderKL
 
+    from workflow_scripts.models.decoder import vae_folder
+
     if record.get("kind") == "uae-release":
         folder = Path(record["release"]) / "SD3_model" / "vae"
     elif record.get("decoder"):
-        folder = _vae_folder(Path(record["decoder"]))
+        folder = vae_folder(record["decoder"])
     else:
         return None
     vae = AutoencoderKL.from_pretrained(folder, dtype=dtype).to(device).eval()

@@ -203,6 +203,18 @@ def _trained_parts(folder: Path, meta: dict, dtype: torch.dtype):
     return adapted, vae, scheduler, pooled
 
 
+def vae_folder(path) -> Path:
+    """The VAE directory a decoder directory draws through: a trained one's own ``vae/``, an adapter-only
+    one's base's (followed as :func:`load_decoder` follows it), an SD3 diffusers directory's ``vae/``."""
+    folder = Path(path)
+    while (folder / FORMAT_FILE).exists():
+        meta = _read_meta(folder)
+        if "base" not in meta:
+            break
+        folder = (folder / meta["base"]).resolve()
+    return folder / "vae"
+
+
 def _read_meta(folder: Path) -> dict:
     meta = json.loads((folder / FORMAT_FILE).read_text())
     if meta.get("format_version") != FORMAT_VERSION:
