@@ -329,3 +329,13 @@ def test_ddp_checkpoints_hold_only_the_trained_parameters_and_resume_them(tmp_pa
         RuntimeError, match=r"model\.safetensors lacks 1 trained parameter\(s\) \(e\.g\. 1\.weight\)"
     ):
         engine2.load_state(str(tmp_path / "ckpt"))
+
+
+def test_deepspeed_builds_its_ops_in_one_cache_per_python_environment(monkeypatch, tmp_path):
+    from workflow_scripts.train.engines import extensions_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    mine, other = extensions_dir("/work/a/.venv"), extensions_dir("/work/b/.venv")
+    assert mine == extensions_dir("/work/a/.venv")  # the same environment finds its build again
+    assert mine != other  # another checkout's environment does not overwrite it
+    assert Path(mine).parent == tmp_path / "torch_extensions"

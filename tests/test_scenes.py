@@ -80,3 +80,14 @@ def test_rendering_puts_the_colour_where_the_scene_graph_says(shape):
 def test_unknown_vocabulary_is_rejected():
     with pytest.raises(ValueError, match="unknown classes"):
         scenes.sample_scene(np.random.default_rng(0), classes=["dragon"])
+    with pytest.raises(ValueError, match="unknown sizes"):
+        scenes.sample_scene(np.random.default_rng(0), sizes=["huge"])
+
+
+def test_sizes_limit_the_object_boxes():
+    rng = np.random.default_rng(3)
+    drawn = [scenes.sample_scene(rng, sizes=["medium", "large"], max_objects=2) for _ in range(50)]
+    objects = [o for scene in drawn for o in scene.objects]
+    assert {o.size for o in objects} == {"medium", "large"}
+    for o in objects:
+        assert o.box[2] - o.box[0] == pytest.approx(scenes.SIZES[o.size])

@@ -163,7 +163,7 @@ def test_config_diff_lists_what_differs_from_the_preset():
     resolved = resolve({"seed": 7, "pretrain": {"encoder": {"loop": {"steps": 3}}}})
     diff = ingest.config_diff(resolved)
     assert diff["seed"] == [0, 7]
-    assert diff["pretrain.encoder.loop.steps"] == [150, 3]
+    assert diff["pretrain.encoder.loop.steps"] == [2000, 3]  # the tiny preset's 2000
     assert "run_name" not in diff and not any(k.startswith("preset") for k in diff)
 
 

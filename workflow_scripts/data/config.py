@@ -22,6 +22,7 @@ class SyntheticSourceConfig:
     classes: list[str] = doc("Shape classes to draw from (see workflow_scripts.data.scenes.SHAPES).")
     colors: list[str] = doc("Colour names to draw from (GenEval's ten colours).")
     textures: list[str] = doc("Fill textures to draw from (solid, striped, dotted, checkered).")
+    sizes: list[str] = doc("Object sizes to draw from (small, medium, large: box side 0.16, 0.24, 0.34).")
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects:

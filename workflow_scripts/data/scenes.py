@@ -73,6 +73,7 @@ def sample_scene(
     classes: tuple[str, ...] | list[str] = SHAPES,
     colors: tuple[str, ...] | list[str] = tuple(COLORS),
     textures: tuple[str, ...] | list[str] = TEXTURES,
+    sizes: tuple[str, ...] | list[str] = tuple(SIZES),
     min_objects: int = 1,
     max_objects: int = 4,
 ) -> Scene:
@@ -81,6 +82,7 @@ def sample_scene(
         ("classes", classes, SHAPES),
         ("colors", colors, COLORS),
         ("textures", textures, TEXTURES),
+        ("sizes", sizes, SIZES),
     ):
         unknown = set(values) - set(known)
         if unknown:
@@ -93,7 +95,7 @@ def sample_scene(
         attempts += 1
         if attempts > 1000:
             raise RuntimeError(f"could not place {count} objects without overlap")
-        size = str(rng.choice(list(SIZES)))
+        size = str(rng.choice(list(sizes)))
         side = SIZES[size]
         x0, y0 = rng.uniform(0.03, 0.97 - side, size=2)
         box = (float(x0), float(y0), float(x0 + side), float(y0 + side))

@@ -68,6 +68,7 @@ def synthetic(cfg: SyntheticSourceConfig, seed: int) -> Iterator[RawItem]:
             classes=cfg.classes,
             colors=cfg.colors,
             textures=cfg.textures,
+            sizes=cfg.sizes,
             min_objects=cfg.min_objects,
             max_objects=cfg.max_objects,
         )

@@ -79,6 +79,10 @@ class TinyDecoderSpec:
     clip_hidden_size: int = doc("Width of each tiny CLIP text encoder (pooled prompt embedding only).")
     clip_projection_dim: int = doc("Projection width of each tiny CLIP text encoder.")
     max_latent_size: int = doc("Largest latent side the positional embedding covers.")
+    scheduler_shift: float = doc(
+        "Flow-matching timestep shift of the scheduler (SD3.5: 3.0, for 128x128 latents; SD3 shifts more "
+        "noise onto larger latent grids, so an 8x8 one takes less: tiny 1.0, no shift)."
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -211,7 +211,7 @@ def build_decoder(spec: TinyDecoderSpec, seed: int, out_dir: Path) -> None:
         use_quant_conv=False,
         use_post_quant_conv=False,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=spec.scheduler_shift)
     tokenizer = _clip_tokenizer()
     encoders = []
     for _ in range(2):
