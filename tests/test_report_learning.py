@@ -30,6 +30,15 @@ CAPTIONS = {
     "2a+2b": {"color_recall": 0.9, "shape_recall": 0.65, "floor": {"color_recall": 0.1, "shape_recall": 0.2}},
 }
 CEILING = {"rate": 0.875, "shape_accuracy": 0.9}
+# lowres: 0.28 <= 0.9 x 0.52 = 0.468 (✔); highres: 0.50 > 0.468 (✘); no empty-caption figure there
+DECODER_LOSSES = {
+    "pretrain_decoder_lowres": {
+        "val_flow_loss_own": 0.28,
+        "val_flow_loss_other": 0.52,
+        "val_flow_loss_empty": 0.33,
+    },
+    "pretrain_decoder_highres": {"val_flow_loss_own": 0.50, "val_flow_loss_other": 0.52},
+}
 
 
 def _records(run_dir: Path, system: str) -> list[dict]:
@@ -87,6 +96,12 @@ def _render(tmp_path: Path, spread: dict, overall: dict[str, float] = OVERALL) -
                 scores["captions"] = {**CAPTIONS[system], "images": 8}
             records = _records(run_dir, system) if system in ("none", "2a+2b") else [{"item_id": "00000"}]
             _ingest(con, run_dir, system, "unified_bench", scores, records)
+        for stage, losses in DECODER_LOSSES.items():  # through the exported metrics log, as a run does
+            final = run_dir / "train" / stage / "final"
+            final.mkdir(parents=True)
+            rows = [{"step": 1, "loss": 0.9}, {"step": 2, "loss": 0.8, "val_flow_images": 8, **losses}]
+            (final / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            ingest.training(con, "ci", stage, final, None)
         geneval = {"overall": 0.35, "per_task": {"colors": 0.35}, "floor": {"overall": 0.05, "per_task": {}}}
         _ingest(con, run_dir, "none", "geneval", geneval, [{"item_id": "00000", "sample": 0}])
     out = run_dir / "report.html"
@@ -155,3 +170,13 @@ def test_gallery_shows_the_checkers_verdict_per_reconstruction(page):
     assert [v for v, _ in verdicts] == ["fail", "pass"]  # before RL (none), after RL (2a+2b)
     assert "red circle expected at upper left, no red object found" in html.unescape(verdicts[0][1])
     assert 'data-item="00001"' not in gallery  # the checked (shapes-world) images are shown first
+
+
+def test_decoder_phase_rows_compare_own_caption_loss_with_another_images(page):
+    lowres = _row(page, "pretrain_decoder_lowres:val_flow_loss_own")
+    assert lowres[0] == "3" and lowres[3:6] == ["0.280", "0.520", "—"] and lowres[8] == "✔"
+    assert "empty caption 0.330" in lowres[1] and "8 val images" in lowres[1]
+    assert lowres[6].startswith("≤ 0.9 × floor")
+    highres = _row(page, "pretrain_decoder_highres:val_flow_loss_own")
+    assert highres[3:5] == ["0.500", "0.520"] and highres[8] == "✘"  # lower, but not by the margin
+    assert "empty caption —" in highres[1]

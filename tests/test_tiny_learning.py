@@ -18,7 +18,7 @@ from workflow_scripts.data import scenes
 from workflow_scripts.harness.paths import StagePaths
 from workflow_scripts.models.decoder import load_decoder
 from workflow_scripts.models.encoder import load_encoder
-from workflow_scripts.pretrain.decoder_flow import DecoderFlowMatching, DecoderTrainable
+from workflow_scripts.pretrain.decoder_flow import DecoderFlowMatching, DecoderTrainable, caption_reliance
 from workflow_scripts.train.batches import BatchPlan
 from workflow_scripts.train.config import CheckpointConfig
 from workflow_scripts.train.loop import train
@@ -186,3 +186,97 @@ def test_export_is_the_ema_and_a_resumed_run_ends_on_the_same_weights(tiny_model
     resumed = _projector(cut.final)
     for k, v in exported.items():
         torch.testing.assert_close(resumed[k], v, rtol=0, atol=0)
+
+
+def _blind(task: DecoderFlowMatching) -> None:
+    """Zero the projector's output layer: every caption (and the empty one) becomes the same embedding."""
+    last = [m for m in task.decoder.projector.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last.weight.data.zero_()
+    if last.bias is not None:
+        last.bias.data.zero_()
+
+
+@pytest.mark.parametrize("conditioning", ["fixed_length", "release"])
+def test_caption_reliance_is_zero_for_a_caption_blind_decoder_and_repeatable(tiny_models, conditioning):
+    """The same task gives the same numbers, and the untouched projector reads captions, so the three
+    differ. In 'fixed_length' a decoder whose projector outputs zeros for every caption scores
+    own = other = empty exactly (shared seeded noise); in 'release' the caption's length still shows
+    (its zero tokens are attended), so there only the repeatability is checked."""
+    val = _scenes(3)
+    task = _task(tiny_models, val, cache=False)
+    task.conditioning = dataclasses.replace(task.conditioning, mode=conditioning)
+    first = caption_reliance(task, val)
+    assert first == caption_reliance(task, val)
+    assert first["val_flow_images"] == 3
+    assert len({first[f"val_flow_loss_{k}"] for k in ("own", "other", "empty")}) == 3
+    assert caption_reliance(task, val[:1]) == {}  # no other caption to swap in
+    if conditioning == "release":
+        return
+    _blind(task)
+    blind = caption_reliance(task, val)
+    assert blind["val_flow_loss_own"] == pytest.approx(blind["val_flow_loss_other"], rel=1e-6)
+    assert blind["val_flow_loss_own"] == pytest.approx(blind["val_flow_loss_empty"], rel=1e-6)
+
+
+def test_caption_reliance_is_the_training_loss_at_fixed_noise_levels(tiny_models):
+    """Worked from the parts: for image k at sigma s, x_s = (1 - s) x0 + s e with e the k-th image's seeded
+    noise, and the loss is mean((model(x_s, 1000 s, caption) - (e - x0))^2) (logit-normal weighting is 1);
+    'other' reads image k + 1's caption (derangement), 'empty' the dropped caption."""
+    from workflow_scripts.models.conditioning import read
+    from workflow_scripts.pretrain.decoder_flow import VAL_SIGMAS, _to_tensor
+    from workflow_scripts.seeding import derive_seed
+
+    val = _scenes(2)
+    task = _task(tiny_models, val, cache=False)
+    model = DecoderTrainable(task.decoder.projector, task.decoder.transformer).eval()
+    expected = {"own": [], "other": [], "empty": []}
+    with torch.no_grad():
+        for k, record in enumerate(val):
+            x0 = task.decoder.to_latents(_to_tensor(record.image)[None])
+            gen = torch.Generator().manual_seed(derive_seed(task.seed, "val_noise", k))
+            noise = torch.randn((len(VAL_SIGMAS), *x0.shape[1:]), generator=gen)
+            for s, e in zip(VAL_SIGMAS, noise, strict=True):
+                for name, caption in (
+                    ("own", record.caption),
+                    ("other", val[(k + 1) % 2].caption),
+                    ("empty", ""),
+                ):
+                    reading = read(task.encoder, [caption], task.conditioning)
+                    pred = model(
+                        (1 - s) * x0 + s * e[None],
+                        torch.tensor([1000.0 * s]),
+                        reading.hidden,
+                        reading.keep,
+                        task.decoder.pooled(1),
+                    )
+                    expected[name].append(float(((pred - (e[None] - x0)) ** 2).mean()))
+    got = caption_reliance(task, val)
+    for name, values in expected.items():
+        assert got[f"val_flow_loss_{name}"] == pytest.approx(np.mean(values), rel=1e-4)
+
+
+def test_final_figures_reach_the_warehouse_at_the_last_step(tmp_path):
+    """The merged row is the final step's: ingest stores it and final_metrics finds it; the other rows'
+    count and values are untouched."""
+    import json
+
+    from workflow_scripts.pretrain.decoder_flow import add_final_metrics
+    from workflow_scripts.report import queries as q
+    from workflow_scripts.train.metrics import read
+    from workflow_scripts.warehouse import ingest
+    from workflow_scripts.warehouse.db import writer
+
+    final = tmp_path / "final"
+    final.mkdir()
+    log = final / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 4)))
+    add_final_metrics(log, {"val_flow_loss_own": 0.25, "val_flow_loss_other": 0.5})
+    rows = read(log)
+    assert [r["step"] for r in rows] == [1, 2, 4] and rows[-1]["loss"] == 0.25
+    with writer(tmp_path / "w.duckdb") as con:
+        ingest.training(con, "ci", "pretrain_decoder_lowres", final, None)
+        found = q.final_metrics(con, "ci", "pretrain_decoder_lowres", "val_flow_loss_")
+    assert found == {"val_flow_loss_own": 0.25, "val_flow_loss_other": 0.5}
+    with pytest.raises(ValueError, match="no metrics row"):
+        (tmp_path / "empty.jsonl").write_text("")
+        add_final_metrics(tmp_path / "empty.jsonl", {"val_flow_loss_own": 0.1})

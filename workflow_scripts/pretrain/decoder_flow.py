@@ -9,6 +9,11 @@ Both frozen models give the same tensors for a sample every time it is drawn, so
 ``pretrain.decoder.cache`` they run once per phase over the training split (:class:`FrozenCache`); a step
 then costs only the DiT and projector. With ``ema_decay`` the export is diffusers' EMAModel average of
 the trained weights, kept as buffers of the trainable module so checkpoints carry it.
+
+At the end of a phase :func:`caption_reliance` measures, on the val split, how much the exported decoder
+reads its caption (flow-matching loss with the own, another image's and the empty caption); the figures
+join the final row of the exported metrics log, whence the warehouse and the report's "Does it learn?"
+table take them.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from diffusers.training_utils import (
     compute_loss_weighting_for_sd3,
 )
 
+from workflow_scripts import atomic
 from workflow_scripts.catalog import decoder_stage
 from workflow_scripts.data.shards import ShardDataset
+from workflow_scripts.eval.learning import derangement
 from workflow_scripts.harness.context import JobContext
 from workflow_scripts.harness.device import job_device
 from workflow_scripts.harness.stage import finalizer, identity, stage_paths
@@ -41,6 +48,7 @@ from workflow_scripts.seeding import derive_seed, seed_everything
 from workflow_scripts.train.batches import BatchPlan, Sample
 from workflow_scripts.train.loop import train
 from workflow_scripts.train.lora import add_lora
+from workflow_scripts.train.metrics import read as read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -236,15 +244,19 @@ class DecoderFlowMatching:
         noise = torch.stack(noise).to(device, latents.dtype)
         index = torch.tensor(indices)
         timesteps = self.train_scheduler.timesteps[index].to(device)
-        sigmas = self.train_scheduler.sigmas[index].to(device, latents.dtype).view(-1, 1, 1, 1)
+        sigmas = self.train_scheduler.sigmas[index].to(device, latents.dtype)
+        per_sample = self.flow_loss(model, latents, noise, sigmas, timesteps, text_hidden, text_mask)
+        return per_sample.mean(), {"sigma_mean": float(sigmas.mean())}
+
+    def flow_loss(self, model, latents, noise, sigmas, timesteps, text_hidden, text_mask) -> torch.Tensor:
+        """Per-sample weighted rectified-flow loss at the given noise levels (training and validation)."""
+        sigmas = sigmas.view(-1, 1, 1, 1)
         noisy = (1.0 - sigmas) * latents + sigmas * noise
-        pred = model(
-            noisy, timesteps, text_hidden, text_mask, self.decoder.pooled(len(batch.samples)).to(device)
-        )
+        pooled = self.decoder.pooled(len(latents)).to(latents.device)
+        pred = model(noisy, timesteps, text_hidden, text_mask, pooled)
         weighting = compute_loss_weighting_for_sd3(self.cfg.weighting_scheme, sigmas)
         target = noise - latents
-        per_sample = (weighting.float() * (pred.float() - target.float()) ** 2).flatten(1).mean(1)
-        return per_sample.mean(), {"sigma_mean": float(sigmas.mean())}
+        return (weighting.float() * (pred.float() - target.float()) ** 2).flatten(1).mean(1)
 
     def export(self, model: torch.nn.Module, out_dir: Path, *, final: bool) -> None:
         """A self-contained decoder; LoRA checkpoints during training keep the adapter unmerged."""
@@ -282,6 +294,75 @@ def _to_tensor(image) -> torch.Tensor:
 
 def _uniform(seed: int, *names: object) -> float:
     return np.random.default_rng(derive_seed(seed, *names)).random()
+
+
+VAL_SIGMAS = (0.3, 0.5, 0.7, 0.9)
+VAL_IMAGES = 64  # caps the paper preset's cost: 64 images x 4 noise levels x 3 captions = 768 DiT samples
+VAL_CHUNK = 4  # images per forward (x 4 noise levels); paper-resolution activations stay small
+
+
+@torch.no_grad()
+def caption_reliance(task: DecoderFlowMatching, val) -> dict[str, float]:
+    """How much the exported decoder reads its caption: the mean flow-matching loss on the first
+    ``VAL_IMAGES`` validation records with each image's own caption, another image's caption
+    (:func:`~workflow_scripts.eval.learning.derangement`) and the empty caption, at the fixed noise levels
+    ``VAL_SIGMAS``. The three conditions share each image's seeded noise, so their difference is the
+    caption's alone: a decoder that ignores its caption scores own = other = empty. Needs >= 2 records
+    (else ``{}``).
+
+    Uses the decoder's current projector and transformer (after the final export: the saved weights, the
+    EMA where there is one). Captions are read as in training: a batch at a time in 'fixed_length', one
+    at a time in 'release' (where a reading depends on the captions padded beside it).
+    """
+    count = min(len(val), VAL_IMAGES)
+    if count < 2:
+        log.warning("%s: %d validation image(s); the caption-reliance loss needs 2", task.name, count)
+        return {}
+    records = [val[i] for i in range(count)]
+    own = [r.caption for r in records]
+    captions = {"own": own, "other": [own[j] for j in derangement(count)], "empty": [""] * count}
+    model = DecoderTrainable(task.decoder.projector, task.decoder.transformer).eval()
+    device = next(task.decoder.transformer.parameters()).device
+    steps = task.train_scheduler.config.num_train_timesteps
+    levels = len(VAL_SIGMAS)
+    chunk = 1 if task.conditioning.mode == "release" else VAL_CHUNK
+    losses: dict[str, list[float]] = {name: [] for name in captions}
+    for start in range(0, count, chunk):
+        rows = range(start, min(start + chunk, count))
+        pixels = torch.stack([_to_tensor(records[k].image) for k in rows]).to(device)
+        latents = task.decoder.to_latents(pixels).repeat_interleave(levels, 0)
+        noise = torch.cat(
+            [
+                torch.randn(
+                    (levels, *latents.shape[1:]),
+                    generator=torch.Generator().manual_seed(derive_seed(task.seed, "val_noise", k)),
+                )
+                for k in rows
+            ]
+        ).to(device, latents.dtype)
+        sigmas = torch.tensor(VAL_SIGMAS * len(rows))
+        timesteps = (sigmas * steps).to(device)
+        sigmas = sigmas.to(device, latents.dtype)
+        for name, texts in captions.items():
+            reading = read(task.encoder, [texts[k] for k in rows], task.conditioning)
+            hidden = reading.hidden.to(device).repeat_interleave(levels, 0)
+            keep = reading.keep.to(device).repeat_interleave(levels, 0)
+            per_sample = task.flow_loss(model, latents, noise, sigmas, timesteps, hidden, keep)
+            losses[name] += per_sample.tolist()
+    return {
+        **{f"val_flow_loss_{name}": float(np.mean(values)) for name, values in losses.items()},
+        "val_flow_images": count,
+    }
+
+
+def add_final_metrics(path: Path, values: dict[str, float]) -> None:
+    """Merge ``values`` into the last (final-step) row of an exported metrics log, the row the warehouse
+    reads a stage's final figures from (report/queries.py ``final_metrics``)."""
+    rows = read_metrics(path)
+    if not rows:
+        raise ValueError(f"{path}: no metrics row to add the final validation figures to")
+    rows[-1].update(values)
+    atomic.write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
 def previews(task: DecoderFlowMatching, ctx: JobContext, out_dir: Path) -> None:
@@ -354,9 +435,14 @@ def run(ctx: JobContext) -> dict:
         ctx, paths, run_identity, {"train_images": len(dataset), "resolution": phase.resolution}
     )
 
+    reliance: dict[str, float] = {}
+
     def finalize(tmp: Path) -> None:
+        reliance.update(caption_reliance(task, ShardDataset(ctx.input("shards"), "val", phase.resolution)))
         previews(task, ctx, tmp)
         record(tmp)
+        if reliance:
+            add_final_metrics(tmp / "metrics.jsonl", reliance)
 
     summary = train(task, phase.loop, paths, identity=run_identity, finalize=finalize)
-    return {**summary, "train_images": len(dataset)}
+    return {**summary, "train_images": len(dataset), **reliance}
