@@ -47,6 +47,8 @@ from workflow_scripts.geometry import center, region
 
 CENTRE_TOLERANCE = 0.1  # of the image side: a detection's centre may sit this far outside the object's box
 _UNMATCHABLE = 1e6
+# noise levels of a decoder phase's caption-reliance loss (pretrain/decoder_flow.py), named on the report
+CAPTION_RELIANCE_SIGMAS = (0.3, 0.5, 0.7, 0.9)
 
 
 class InteriorColors:

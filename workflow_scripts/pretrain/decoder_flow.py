@@ -35,6 +35,7 @@ from diffusers.training_utils import (
 from workflow_scripts import atomic
 from workflow_scripts.catalog import decoder_stage
 from workflow_scripts.data.shards import ShardDataset
+from workflow_scripts.eval.learning import CAPTION_RELIANCE_SIGMAS as VAL_SIGMAS
 from workflow_scripts.eval.learning import derangement
 from workflow_scripts.harness.context import JobContext
 from workflow_scripts.harness.device import job_device
@@ -296,7 +297,6 @@ def _uniform(seed: int, *names: object) -> float:
     return np.random.default_rng(derive_seed(seed, *names)).random()
 
 
-VAL_SIGMAS = (0.3, 0.5, 0.7, 0.9)
 VAL_IMAGES = 64  # caps the paper preset's cost: 64 images x 4 noise levels x 3 captions = 768 DiT samples
 VAL_CHUNK = 4  # images per forward (x 4 noise levels); paper-resolution activations stay small
 

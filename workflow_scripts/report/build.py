@@ -300,13 +300,14 @@ def _caption_rows(con, run: str) -> list[dict[str, Any]]:
         empty = figures.get("val_flow_loss_empty")
         passed = None if other is None else own <= READS_CAPTION * other
         images = figures.get("val_flow_images")
+        sigmas = "/".join(f"{s:g}" for s in learning.CAPTION_RELIANCE_SIGMAS)
         rows.append(
             {
                 "target": "3",
                 "measure": (
                     f"decoder reads its caption ({stage}): val flow-matching loss, own caption; floor: "
                     f"another image's caption; empty caption {'—' if empty is None else f'{empty:.3f}'}"
-                    f" ({'?' if images is None else f'{images:.0f}'} val images × σ 0.3/0.5/0.7/0.9, "
+                    f" ({'?' if images is None else f'{images:.0f}'} val images × σ {sigmas}, "
                     "seeded noise shared by the three)"
                 ),
                 "system": stage,
