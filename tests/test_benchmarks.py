@@ -217,6 +217,17 @@ def test_scene_graph_judge_hand_values_and_order_consistency():
     }
 
 
+def test_reconstruction_reward_is_the_rl_alphas_over_the_backbone_columns():
+    from workflow_scripts.eval import score
+
+    records = [{"clip": 90.0, "dinov2": 60.0, "dinov3": 1.0}, {"clip": 80.0, "dinov2": 40.0, "dinov3": 1.0}]
+    scored, mean = score.reconstruction_reward(records, {"clip": 0.5, "dinov2": 0.25})
+    assert [r["reward"] for r in scored] == [60.0, 50.0]  # 0.5 x 90 + 0.25 x 60; 0.5 x 80 + 0.25 x 40
+    assert mean == 55.0
+    with pytest.raises(ValueError, match=r"names \['longclip'\].*eval\.unified_bench\.backbones"):
+        score.reconstruction_reward(records, {"longclip": 1.0})
+
+
 def test_unified_bench_scores_identical_images_100(tmp_path):
     from PIL import Image
 

@@ -19,7 +19,7 @@ from workflow_scripts.warehouse.db import replace_rows, writer
 
 # Unified-Bench Overall per variant: 2a gains 41.0 - 40.2 (coldstart) = 0.8 > spread 0.5 (✔); 2b gains
 # 40.5 - 40.2 = 0.3 (✘); none 40.0 < 2a, 2b < 2a+2b 41.5: the ablation's order holds
-OVERALL = {"none": 40.0, "coldstart": 40.2, "2a": 41.0, "2b": 40.5, "2a+2b": 41.5, "unitoken": 30.0}
+REWARD = {"none": 40.0, "coldstart": 40.2, "2a": 41.0, "2b": 40.5, "2a+2b": 41.5, "unitoken": 30.0}
 CHECKER = {  # rate, shape accuracy, floors, ceilings
     "none": {"rate": 0.5, "shape_accuracy": 0.4, "floor": {"rate": 0.1, "shape_accuracy": 0.5}},
     "2a+2b": {"rate": 0.75, "shape_accuracy": 0.6, "floor": {"rate": 0.125, "shape_accuracy": 0.2}},
@@ -76,7 +76,7 @@ def _ingest(con, run_dir: Path, system: str, bench: str, scores: dict, records: 
     ingest.evaluation(con, "ci", system, bench, folder / "records.parquet", folder / "scores.json")
 
 
-def _render(tmp_path: Path, spread: dict, overall: dict[str, float] = OVERALL) -> str:
+def _render(tmp_path: Path, spread: dict, reward: dict[str, float] = REWARD) -> str:
     run_dir = tmp_path
     items = run_dir / "eval" / "items" / "unified_bench" / "images"
     items.mkdir(parents=True)
@@ -88,8 +88,8 @@ def _render(tmp_path: Path, spread: dict, overall: dict[str, float] = OVERALL) -
         config = json.dumps({"eval": {"seed_spread": spread}})
         summary = {"run_id": "ci", "preset": "tiny", "config_hash": "c0ffee", "config": config, "seed": 1}
         replace_rows(con, "runs", {"run_id": "ci"}, [summary | {"config_diff": "{}", "packages": "{}"}])
-        for system, value in overall.items():
-            scores = {"overall": value}
+        for system, value in reward.items():
+            scores = {"overall": 99.0, "reward": value}  # a saturated Overall: the RL rows read the reward
             if system in CHECKER:
                 scores["checker"] = {**CHECKER[system], "images": 8, "ceiling": CEILING}
             if system in CAPTIONS:
@@ -111,7 +111,7 @@ def _render(tmp_path: Path, spread: dict, overall: dict[str, float] = OVERALL) -
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> str:
-    return _render(tmp_path_factory.mktemp("run"), {"unified_bench.overall": 0.5})
+    return _render(tmp_path_factory.mktemp("run"), {"unified_bench.reward": 0.5})
 
 
 def _row(page: str, key: str) -> list[str]:
@@ -149,14 +149,14 @@ def test_rl_rows_are_gains_over_the_cold_start_pair_against_the_seed_spread(page
     assert stage_2a[3] == "0.800" and stage_2a[6] == "> seed spread 0.500" and stage_2a[8] == "✔"
     assert stage_2b[3] == "0.300" and stage_2b[8] == "✘"
     assert "no RL 82.35 → + Stage 2a 84.21 (+1.86)" in stage_2a[7]
-    assert "Unified-Bench Overall" in stage_2a[1]  # says what it measured
+    assert "RL reconstruction reward" in stage_2a[1] and "bench split" in stage_2a[1]  # says what it measured
     order = _row(page, "ablation:ordering")
     assert order[3] == "holds" and order[8] == "✔"
     assert order[7] == "no RL 82.35 < + Stage 2a 84.21, + Stage 2b 85.47 < both (UAE) 86.09"
 
 
 def test_without_a_measured_spread_the_rl_rows_are_undecided_and_a_broken_order_is_named(tmp_path):
-    page = _render(tmp_path, {}, {**OVERALL, "2b": 41.6})
+    page = _render(tmp_path, {}, {**REWARD, "2b": 41.6})
     row = _row(page, "2a:gain over coldstart")
     assert row[3] == "0.800" and row[6] == "> seed spread not measured" and row[8] == "—"
     order = _row(page, "ablation:ordering")

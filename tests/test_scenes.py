@@ -91,3 +91,16 @@ def test_sizes_limit_the_object_boxes():
     assert {o.size for o in objects} == {"medium", "large"}
     for o in objects:
         assert o.box[2] - o.box[0] == pytest.approx(scenes.SIZES[o.size])
+
+
+def test_crowded_scenes_start_placement_over_instead_of_failing():
+    # before: scene 1131 of this stream (and seed 2's tokenizer corpus) raised once its first placements
+    # left no room for the fifth object
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        assert len(scenes.sample_scene(rng, min_objects=5, max_objects=5).objects) == 5
+
+
+def test_impossible_scenes_name_the_keys_to_change():
+    with pytest.raises(RuntimeError, match=r"max_objects or drop 'large'"):
+        scenes.sample_scene(np.random.default_rng(0), sizes=["large"], min_objects=9, max_objects=9)

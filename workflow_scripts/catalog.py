@@ -218,7 +218,11 @@ def _unitoken_system(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _eval_score(cfg: Mapping[str, Any], system: str, bench: str) -> dict[str, Any]:
     if bench == "unified_bench":
-        return {"backbones": cfg["eval"]["unified_bench"]["backbones"], "dtype": _dtype(cfg)}
+        return {
+            "backbones": cfg["eval"]["unified_bench"]["backbones"],
+            "dtype": _dtype(cfg),
+            "reward_alphas": cfg["rl"]["rewards"]["reconstruction"]["alphas"],  # the RL reward, recomputed
+        }
     if bench == "mmt":
         view = _pick(cfg["eval"]["mmt"], ("circular", "judge_path"))
         if view["judge_path"]:  # the answer judge VLM is loaded in models.dtype

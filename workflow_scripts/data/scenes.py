@@ -77,7 +77,8 @@ def sample_scene(
     min_objects: int = 1,
     max_objects: int = 4,
 ) -> Scene:
-    """Draw a scene whose objects do not overlap (boxes kept 2% apart)."""
+    """Draw a scene whose objects do not overlap (boxes kept 2% apart). Objects are placed one by one;
+    when the ones placed leave no room for the next (five large ones can), placement starts over."""
     for name, values, known in (
         ("classes", classes, SHAPES),
         ("colors", colors, COLORS),
@@ -90,11 +91,18 @@ def sample_scene(
     count = int(rng.integers(min_objects, max_objects + 1))
     background = str(rng.choice(list(BACKGROUNDS)))
     objects: list[SceneObject] = []
-    attempts = 0
+    attempts, restarts = 0, 0
     while len(objects) < count:
         attempts += 1
         if attempts > 1000:
-            raise RuntimeError(f"could not place {count} objects without overlap")
+            restarts += 1
+            if restarts > 100:
+                raise RuntimeError(
+                    f"could not place {count} objects of sizes {list(sizes)} without overlap; lower "
+                    "data.sources.synthetic.max_objects or drop 'large' from its sizes"
+                )
+            objects, attempts = [], 0
+            continue
         size = str(rng.choice(list(sizes)))
         side = SIZES[size]
         x0, y0 = rng.uniform(0.03, 0.97 - side, size=2)

@@ -176,7 +176,8 @@ class EvalConfig:
     selection: SelectionConfig = doc("Checkpoint selection.")
     seed_spread: dict[str, float] = doc(
         "Seed-to-seed spread (max - min over 3 run seeds) of the pretrained pair's score, keyed "
-        "'<benchmark>.<metric>' (e.g. 'unified_bench.overall'), measured once and written here: the "
+        "'<benchmark>.<metric>' (the RL rows read 'unified_bench.reward', the RL reward on the bench "
+        "split), measured once with `python -m workflow_scripts.eval.seed_spread` and written here: the "
         "report's 'Does it learn?' rows count an RL stage's gain as real only above it; {}: not measured."
     )
 

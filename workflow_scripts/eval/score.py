@@ -57,6 +57,21 @@ def unified_bench(records: list[dict], items_dir: Path, backbones: dict[str, Bac
     }
 
 
+def reconstruction_reward(records: list[dict], alphas: dict[str, float]) -> tuple[list[dict], float]:
+    """The RL stages' reconstruction reward, sum_k alpha_k x cosine_k (x 100, as the backbone columns), of
+    each scored record and its mean: Stage 2a's and 2b's own objective on images they never trained on.
+    ``alphas``: rl.rewards.reconstruction.alphas; each must be a backbone Unified-Bench scored."""
+    missing = sorted(set(alphas) - set(records[0])) if records else []
+    if missing:
+        raise ValueError(
+            f"rl.rewards.reconstruction.alphas names {missing}, which eval.unified_bench.backbones does "
+            "not score: add them there so the evaluation can compute the RL reward"
+        )
+    for record in records:
+        record["reward"] = sum(alpha * record[name] for name, alpha in alphas.items())
+    return records, float(np.mean([r["reward"] for r in records])) if records else float("nan")
+
+
 def generation(
     records: list[dict], detector, colors, constants: ScoringConstants, tasks
 ) -> tuple[list[dict], dict]:

@@ -91,6 +91,25 @@ def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
         out[prefix] = float(value)
 
 
+def score_metrics(summary: dict) -> dict[str, float]:
+    """A benchmark's scores.json as the warehouse's metric -> value (eval_scores.metric)."""
+    flat: dict[str, float] = {}
+    # GenEval++ adds all_items (accuracy over every item), missing_images and unparsable (both count wrong);
+    # eval/learning.py adds Unified-Bench's checker.* and captions.* and GenEval's floor.* (each floor,
+    # ceiling beside its figure: checker.floor.rate, checker.ceiling.rate, floor.overall, ...); Unified-Bench
+    # adds reward, the RL stages' reconstruction reward on its images
+    for part in (
+        *("overall", "per_task", "correct_images", "correct_prompts", "questions", "images"),
+        *("all_items", "missing_images", "unparsable", "checker", "captions", "floor", "reward"),
+    ):
+        if part in summary:
+            _flatten("" if part == "per_task" else part, summary[part], flat)
+    for name, stats in summary.get("backbones", {}).items():  # Unified-Bench: the average is the column
+        flat[name] = float(stats["avg"])
+        flat.update({f"{name}.{k}": float(v) for k, v in stats.items() if k != "avg"})
+    return flat
+
+
 def evaluation(
     con: duckdb.DuckDBPyConnection, run_id: str, system: str, bench: str, records: Path, scores: Path
 ) -> dict:
@@ -108,19 +127,7 @@ def evaluation(
             }
         )
     summary = json.loads(scores.read_text())
-    flat: dict[str, float] = {}
-    # GenEval++ adds all_items (accuracy over every item), missing_images and unparsable (both count wrong);
-    # eval/learning.py adds Unified-Bench's checker.* and captions.* and GenEval's floor.* (each floor,
-    # ceiling beside its figure: checker.floor.rate, checker.ceiling.rate, floor.overall, ...)
-    for part in (
-        *("overall", "per_task", "correct_images", "correct_prompts", "questions", "images"),
-        *("all_items", "missing_images", "unparsable", "checker", "captions", "floor"),
-    ):
-        if part in summary:
-            _flatten("" if part == "per_task" else part, summary[part], flat)
-    for name, stats in summary.get("backbones", {}).items():  # Unified-Bench: the average is the column
-        flat[name] = float(stats["avg"])
-        flat.update({f"{name}.{k}": float(v) for k, v in stats.items() if k != "avg"})
+    flat = score_metrics(summary)
     values = [
         {"run_id": run_id, "system": system, "benchmark": bench, "metric": k, "value": v}
         for k, v in flat.items()
