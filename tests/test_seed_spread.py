@@ -27,7 +27,7 @@ def test_spread_is_max_minus_min_and_gains_are_per_seed(tmp_path, capsys):
     assert spread["clip"] == pytest.approx(2.0)
     assert seed_spread.gains(loaded, "2a", "none")["overall"] == pytest.approx([1.0, 1.0, 1.0])
     assert seed_spread.main([str(r) for r in runs] + ["--system", "none", "--system", "2a"]) == 0
-    assert "eval.seed_spread: {unified_bench.overall: 0.7500}" in capsys.readouterr().out
+    assert "eval.seed_spread: {unified_bench.overall: 0.7500}" in capsys.readouterr().out  # no reward here
 
 
 def test_runs_of_different_configs_are_refused_with_the_keys_that_differ(tmp_path):

@@ -4,8 +4,8 @@ python -m workflow_scripts.eval.seed_spread results/tiny results/tiny_s1 results
     [--bench unified_bench] [--system none] [--system 2a ...]
 
 Prints each run's value of every metric of ``<run>/eval/<system>/<bench>/scores.json`` (the warehouse's
-metric names), the spread (max - min over the runs) of the first system, which is what
-``eval.seed_spread`` holds, and each further system's gain over the first, per run. Refuses runs whose
+metric names) with the spread (max - min over the runs) of the first system, each further system's gain
+over the first per run, and the headline spreads as ``eval.seed_spread`` holds them. Refuses runs whose
 resolved configs differ in anything but ``seed`` and ``run_name``: their spread would not be a seed's.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from workflow_scripts.warehouse.ingest import flat_config, score_metrics
 
 SEED_KEYS = frozenset({"seed", "run_name"})
+HEADLINE = ("overall", "reward")  # the metrics the report's RL rows may compare with (report/build.py)
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{system} - {base}, per seed:")
         for metric, values in sorted(gains(runs, system, base).items()):
             print(f"  {metric:<{width}}  " + "  ".join(f"{v:+9.4f}" for v in values))
-    overall = spread(runs, base).get("overall")
-    if overall is not None:
-        print(f"eval.seed_spread: {{{args.bench}.overall: {overall:.4f}}}")
+    headline = {m: v for m, v in sorted(spread(runs, base).items()) if m in HEADLINE}
+    if headline:  # as eval.seed_spread holds it
+        pairs = ", ".join(f"{args.bench}.{m}: {v:.4f}" for m, v in headline.items())
+        print(f"eval.seed_spread: {{{pairs}}}")
     return 0
 
 
