@@ -350,15 +350,15 @@ def _rl_rows(
     bench, metric = RL_GAIN_METRIC
     key = f"{bench}.{metric}"
     spread = ((config.get("eval") or {}).get("seed_spread") or {}).get(key)
-    overall = {s: q.score(con, run, s, bench, metric) for s in systems}
-    base = "coldstart" if overall.get("coldstart") is not None else PRETRAINED
+    value_of = {s: q.score(con, run, s, bench, metric) for s in systems}
+    base = "coldstart" if value_of.get("coldstart") is not None else PRETRAINED
     measured = (
         f"the RL reconstruction reward (rl.rewards.reconstruction.alphas x backbone cosine x 100) on the "
         f"bench split, images no RL stage trained on ({key})"
     )
     rows = []
     for variant, label in (("2a", "+ Stage 2a"), ("2b", "+ Stage 2b")):
-        ours, start = overall.get(variant), overall.get(base)
+        ours, start = value_of.get(variant), value_of.get(base)
         gain = None if ours is None or start is None else ours - start
         passed = None if gain is None or spread is None else gain > spread
         rows.append(
@@ -380,8 +380,10 @@ def _rl_rows(
             }
         )
     pairs = [("none", "2a"), ("none", "2b"), ("2a", "2a+2b"), ("2b", "2a+2b")]
-    known = [(a, b) for a, b in pairs if overall.get(a) is not None and overall.get(b) is not None]
-    broken = [f"{a} {overall[a]:.3f} ≥ {b} {overall[b]:.3f}" for a, b in known if overall[a] >= overall[b]]
+    known = [(a, b) for a, b in pairs if value_of.get(a) is not None and value_of.get(b) is not None]
+    broken = [
+        f"{a} {value_of[a]:.3f} ≥ {b} {value_of[b]:.3f}" for a, b in known if value_of[a] >= value_of[b]
+    ]
     passed = None if len(known) < len(pairs) else not broken
     rows.append(
         {
