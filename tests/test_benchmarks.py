@@ -221,11 +221,14 @@ def test_reconstruction_reward_is_the_rl_alphas_over_the_backbone_columns():
     from workflow_scripts.eval import score
 
     records = [{"clip": 90.0, "dinov2": 60.0, "dinov3": 1.0}, {"clip": 80.0, "dinov2": 40.0, "dinov3": 1.0}]
-    scored, mean = score.reconstruction_reward(records, {"clip": 0.5, "dinov2": 0.25})
-    assert [r["reward"] for r in scored] == [60.0, 50.0]  # 0.5 x 90 + 0.25 x 60; 0.5 x 80 + 0.25 x 40
-    assert mean == 55.0
-    with pytest.raises(ValueError, match=r"names \['longclip'\].*eval\.unified_bench\.backbones"):
-        score.reconstruction_reward(records, {"longclip": 1.0})
+    summary = score.reconstruction_reward(records, {"clip": 0.5, "dinov2": 0.25})
+    assert [r["reward"] for r in records] == [60.0, 50.0]  # 0.5 x 90 + 0.25 x 60; 0.5 x 80 + 0.25 x 40
+    assert summary == {"reward": 55.0, "reward_alphas": {"clip": 0.5, "dinov2": 0.25}}
+    # a bench configured without a reward backbone scores no reward and says which key to change
+    fresh = [{"clip": 90.0}]
+    unscored = score.reconstruction_reward(fresh, {"clip": 0.5, "longclip": 0.5})
+    assert "reward" not in unscored and "reward" not in fresh[0]
+    assert "names ['longclip'], which eval.unified_bench.backbones" in unscored["reward_unscored"]
 
 
 def test_unified_bench_scores_identical_images_100(tmp_path):

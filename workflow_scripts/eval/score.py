@@ -57,19 +57,20 @@ def unified_bench(records: list[dict], items_dir: Path, backbones: dict[str, Bac
     }
 
 
-def reconstruction_reward(records: list[dict], alphas: dict[str, float]) -> tuple[list[dict], float]:
+def reconstruction_reward(records: list[dict], alphas: dict[str, float]) -> dict:
     """The RL stages' reconstruction reward, sum_k alpha_k x cosine_k (x 100, as the backbone columns), of
-    each scored record and its mean: Stage 2a's and 2b's own objective on images they never trained on.
-    ``alphas``: rl.rewards.reconstruction.alphas; each must be a backbone Unified-Bench scored."""
+    each scored record (``reward``) and the summary's part: its mean and the alphas, Stage 2a's and 2b's
+    own objective on images they never trained on. ``alphas``: rl.rewards.reconstruction.alphas; where one
+    names a backbone Unified-Bench did not score (eval.unified_bench.backbones leaves it out), the reward
+    is not scored and the summary says why."""
     missing = sorted(set(alphas) - set(records[0])) if records else []
-    if missing:
-        raise ValueError(
-            f"rl.rewards.reconstruction.alphas names {missing}, which eval.unified_bench.backbones does "
-            "not score: add them there so the evaluation can compute the RL reward"
-        )
+    if missing or not records:
+        reason = f"rl.rewards.reconstruction.alphas names {missing}, which eval.unified_bench.backbones "
+        reason += "does not score: add them there to score the RL reward on the bench split"
+        return {"reward_unscored": reason if missing else "no records"}
     for record in records:
         record["reward"] = sum(alpha * record[name] for name, alpha in alphas.items())
-    return records, float(np.mean([r["reward"] for r in records])) if records else float("nan")
+    return {"reward": float(np.mean([r["reward"] for r in records])), "reward_alphas": dict(alphas)}
 
 
 def generation(

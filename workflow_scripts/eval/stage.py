@@ -170,9 +170,7 @@ def eval_score(ctx: JobContext) -> dict:
     if bench == "unified_bench":
         item_set = ctx.input("item_set")
         records, summary = score.unified_bench(records, item_set, _backbones(ctx))
-        alphas = dict(ctx.cfg.rl.rewards.reconstruction.alphas)
-        records, summary["reward"] = score.reconstruction_reward(records, alphas)
-        summary["reward_alphas"] = alphas
+        summary.update(score.reconstruction_reward(records, dict(ctx.cfg.rl.rewards.reconstruction.alphas)))
         records, checks = learning.unified_bench(
             records, items.read(item_set), item_set / "images", lambda: _autoencoder(ctx)
         )
