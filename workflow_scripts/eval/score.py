@@ -15,7 +15,7 @@ from PIL import Image
 from workflow_scripts.eval import geneval, geneval_pp, learning, mmt
 from workflow_scripts.eval.geneval import ScoringConstants
 from workflow_scripts.reward.backbones import Backbone
-from workflow_scripts.reward.functions import similarities
+from workflow_scripts.reward.functions import similarities, weighted
 from workflow_scripts.reward.pixels import to_unit
 
 
@@ -63,13 +63,17 @@ def reconstruction_reward(records: list[dict], alphas: dict[str, float]) -> dict
     own objective on images they never trained on. ``alphas``: rl.rewards.reconstruction.alphas; where one
     names a backbone Unified-Bench did not score (eval.unified_bench.backbones leaves it out), the reward
     is not scored and the summary says why."""
-    missing = sorted(set(alphas) - set(records[0])) if records else []
-    if missing or not records:
-        reason = f"rl.rewards.reconstruction.alphas names {missing}, which eval.unified_bench.backbones "
-        reason += "does not score: add them there to score the RL reward on the bench split"
-        return {"reward_unscored": reason if missing else "no records"}
+    if not records:
+        return {"reward_unscored": "no records"}
+    missing = sorted(set(alphas) - set(records[0]))
+    if missing:
+        return {
+            "reward_unscored": f"rl.rewards.reconstruction.alphas names {missing}, which "
+            "eval.unified_bench.backbones does not score: add them there to score the RL reward on the "
+            "bench split"
+        }
     for record in records:
-        record["reward"] = sum(alpha * record[name] for name, alpha in alphas.items())
+        record["reward"] = weighted(alphas, record)
     return {"reward": float(np.mean([r["reward"] for r in records])), "reward_alphas": dict(alphas)}
 
 

@@ -97,16 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     base = systems[0]
+    spreads = spread(runs, base)
     width = max(len(m) for r in runs for m in r.scores[base])
     print(f"{args.bench}, system {base}; seeds " + ", ".join(str(r.seed) for r in runs))
-    for metric, value in sorted(spread(runs, base).items()):
+    for metric, value in sorted(spreads.items()):
         values = "  ".join(f"{r.scores[base][metric]:9.4f}" for r in runs)
         print(f"  {metric:<{width}}  {values}  spread {value:.4f}")
     for system in systems[1:]:
         print(f"{system} - {base}, per seed:")
         for metric, values in sorted(gains(runs, system, base).items()):
             print(f"  {metric:<{width}}  " + "  ".join(f"{v:+9.4f}" for v in values))
-    headline = {m: v for m, v in sorted(spread(runs, base).items()) if m in HEADLINE}
+    headline = {m: v for m, v in sorted(spreads.items()) if m in HEADLINE}
     if headline:  # as eval.seed_spread holds it
         pairs = ", ".join(f"{args.bench}.{m}: {v:.4f}" for m, v in headline.items())
         print(f"eval.seed_spread: {{{pairs}}}")

@@ -7,7 +7,9 @@ direction is known.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,6 +36,11 @@ def similarities(
     return out
 
 
+def weighted(alphas: Mapping[str, float], sims: Mapping[str, Any]) -> Any:
+    """The reconstruction reward from per-backbone similarities: sum_k alpha_k x sim_k (tensors or floats)."""
+    return sum(alpha * sims[name] for name, alpha in alphas.items())
+
+
 def caption_length(captions: list[str], target_words: int) -> torch.Tensor:
     words = torch.tensor([len(c.split()) for c in captions], dtype=torch.float32)
     return -(words - target_words).abs() / target_words
@@ -56,7 +63,7 @@ class RewardModel:
         cfg = self.cfg
         if cfg.reconstruction.weight:
             sims = similarities(self.backbones, batch.originals, batch.images)
-            combined = sum(cfg.reconstruction.alphas[k] * sims[k] for k in cfg.reconstruction.alphas)
+            combined = weighted(cfg.reconstruction.alphas, sims)
             terms.update({f"sim_{k}": v.detach().cpu() for k, v in sims.items()})
             terms["reconstruction"] = combined.detach().cpu()
             total = total + cfg.reconstruction.weight * terms["reconstruction"]
@@ -74,5 +81,5 @@ def reconstruction_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """1 - R, differentiable in ``images`` (cold start)."""
     sims = similarities({k: backbones[k] for k in alphas}, originals, images)
-    combined = sum(alphas[k] * sims[k] for k in alphas)
+    combined = weighted(alphas, sims)
     return (1.0 - combined).mean(), {f"sim_{k}": float(v.mean()) for k, v in sims.items()}
