@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,6 +99,9 @@ def test_paper_smoke_run_goes_through_every_rule_of_the_paper_dag(paper_stand_in
         ran = time.perf_counter() - started
         check_outputs(results, planned, finished)
         print(f"paper smoke: stand-ins {built:.0f} s, DAG {ran:.0f} s, rules {sorted(finished)}")
+        check_decoder_phase_under_fsdp_with_two_processes(
+            work, [work / "paper.example.yaml", *files], tmp_path / "fsdp2"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)  # ~15 GB of exports: not kept by pytest's tmp retention
 
@@ -114,3 +119,43 @@ def check_outputs(results, planned: set[str], finished: set[str]) -> None:
     )
     previews = sorted((highres / "previews").glob("[0-9][0-9][0-9].png"))
     assert previews and all(Image.open(p).size == (1024, 1024) for p in previews)
+
+
+def check_decoder_phase_under_fsdp_with_two_processes(work: Path, configfiles: list, out: Path) -> list:
+    """The smoke run's 512-px decoder phase again, on the run's own encoder and shards, under FSDP2 with 2
+    local processes (gloo) instead of 1: the same global batch (2 processes x micro-batch 1 instead of 1 x 1
+    x 2 accumulation) gives the same losses, and its export loads as a decoder. Returns both loss curves."""
+    from workflow_scripts.config.loader import deep_merge
+    from workflow_scripts.dag import Run
+    from workflow_scripts.launch.plan import user_config
+    from workflow_scripts.models.decoder import load_decoder
+
+    user = deep_merge(
+        user_config([str(f) for f in configfiles], [], base=work / "config.yaml"),
+        {
+            "results_root": str(out / "results"),
+            "launcher": {"defaults": {"tasks_per_node": 2, "cpus_per_task": 1}},
+        },
+    )
+    run = Run.load(user)
+    single = work / "results" / RUN / "train" / "pretrain_decoder_lowres"
+    source = work / "results" / RUN
+    inputs = {
+        "decoder": Path(run.cfg.models.decoder.path),
+        "encoder": source / "train" / "pretrain_encoder" / "final",
+        "shards": source / "data" / "shards",
+    }
+    command = run.launch_command("pretrain_decoder", {"phase": "lowres"}, inputs, {"model": out / "final"})
+    result = subprocess.run(command, capture_output=True, text=True, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    provenance = json.loads((out / "final" / "provenance.json").read_text())
+    assert provenance["world_size"] == 2
+    curves = [
+        [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        for folder in (single / "final", out / "final")
+    ]
+    assert len(curves[0]) == len(curves[1]) == 2
+    # bf16 autocast: the two runs reduce the same samples in a different order
+    assert curves[1] == pytest.approx(curves[0], rel=1e-2)
+    load_decoder(out / "final")
+    return curves
