@@ -242,3 +242,32 @@ def test_sigterm_during_a_checkpoint_leaves_no_new_checkpoint(tmp_path, schedule
             identity="a",
         )
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002"]
+
+
+def test_gradient_checkpointing_skips_a_model_with_no_layer_to_recompute(tmp_path):
+    """UniToken's LM holds Chameleon's VQ-VAE, a transformers model that claims checkpointing support but has
+    no layer to recompute; transformers raises for it. The paper-shape smoke run's align stage
+    (gradient_checkpointing: true) stopped there; the LM's own layers must still be checkpointed."""
+    from transformers import ChameleonForConditionalGeneration
+
+    from workflow_scripts.tiny.unitoken import build_lm
+    from workflow_scripts.train.loop import _enable_gradient_checkpointing
+    from workflow_scripts.unitoken.config import TinyLMSpec, TinyVQSpec
+
+    lm_spec = TinyLMSpec(
+        text_vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_positions=64
+    )
+    vq = TinyVQSpec(
+        resolution=16,
+        base_channels=32,
+        channel_multiplier=[1, 1],
+        num_res_blocks=1,
+        codebook_size=16,
+        embed_dim=4,
+        latent_channels=4,
+    )
+    build_lm(lm_spec, vq, 0, ["a red square on the left", "a blue circle"] * 20, tmp_path)
+    lm = ChameleonForConditionalGeneration.from_pretrained(tmp_path)
+    _enable_gradient_checkpointing(torch.nn.ModuleDict({"lm": lm}))
+    layers = lm.model.layers
+    assert layers and all(layer.gradient_checkpointing for layer in layers)

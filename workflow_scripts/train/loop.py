@@ -207,9 +207,14 @@ def _checkpoint_and_requeue(name: str, done: int, checkpointer: Checkpointer, en
 
 
 def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Turn on activation recomputation in every transformers/diffusers model inside ``model``."""
+    """Turn on activation recomputation in every transformers/diffusers model inside ``model``.
+
+    A transformers model may claim support and hold no layer to recompute (Chameleon's VQ-VAE, inside
+    UniToken's LM): transformers raises for it, so such a model is left as it is.
+    """
     for module in model.modules():
         if getattr(module, "supports_gradient_checkpointing", False):  # transformers
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if any(hasattr(m, "gradient_checkpointing") for m in module.modules()):
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         elif getattr(module, "_supports_gradient_checkpointing", False):  # diffusers
             module.enable_gradient_checkpointing()
