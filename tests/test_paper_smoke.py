@@ -41,18 +41,25 @@ def test_planned_and_finished_rules_are_read_from_snakemake_output():
 def test_smoke_overlay_keeps_the_published_shapes_and_cuts_only_cost():
     """The overlay's own promises: decoder phases at 512 and 1024 px (from paper.yaml, untouched),
     gradient accumulation in every training stage, the local launcher without GPUs."""
-    from workflow_scripts.config.loader import deep_merge, parse, resolve
+    from snakemake.utils import update_config
+
+    from workflow_scripts.config.loader import parse, resolve
 
     overlay = yaml.safe_load(ps.SMOKE_OVERLAY.read_text())
     example = yaml.safe_load((REPO / "paper.example.yaml").read_text())
     stand_ins = ps.config_overrides(ps.SMOKE_OVERLAY.parent)  # any folder: parse() only reads paths
-    cfg = parse(resolve(deep_merge(deep_merge(example, stand_ins), overlay)))
+    user: dict = {}
+    for layer in (example, stand_ins, overlay):  # merged as Snakemake merges its --configfile layers
+        update_config(user, layer)
+    cfg = parse(resolve(user))
     assert cfg.preset == "paper" and cfg.launcher.kind == "local"
     assert cfg.launcher.defaults.gpus_per_node == 0
     phases = {p.name: p for p in cfg.pretrain.decoder.phases}
     assert (phases["lowres"].resolution, phases["highres"].resolution) == (512, 1024)
     loops = [cfg.pretrain.encoder.loop, *(p.loop for p in phases.values())]
     loops += [cfg.rl.coldstart.loop, cfg.rl.encoder.loop, cfg.rl.decoder.loop]
+    assert cfg.unitoken.enabled  # both recipes' rules run
+    loops += [stage.loop for stage in cfg.unitoken.stages]
     for loop in loops:
         assert loop.steps == 2 and loop.accumulation(1) == 2
     # the engines of the paper preset stay: the smoke run exercises them at real shapes
@@ -65,7 +72,7 @@ def test_smoke_overlay_keeps_the_published_shapes_and_cuts_only_cost():
 @pytest.mark.paper_smoke  # ~45 min on 2 cores (README): deselected by default (pyproject addopts)
 def test_paper_smoke_run_goes_through_every_rule_of_the_paper_dag(paper_stand_ins, tmp_path):
     started = time.perf_counter()
-    for name in ps.SMOKE_MODELS:
+    for name in ps.MODELS:
         paper_stand_ins(name)
     root = paper_stand_ins.root
     ps.write_config(root)
@@ -85,10 +92,12 @@ def test_paper_smoke_run_goes_through_every_rule_of_the_paper_dag(paper_stand_in
     train = results / RUN / "train"
     started, finished = time.perf_counter(), set()
     try:
-        # one DAG, run in four passes only to fit a CI disk: a finished pretraining stage's resumable
-        # checkpoints (full weights + Adam state: ~7.5 GB for the 2-block SD3.5 DiT) are deleted before
-        # the next one starts; its exported model (train/<stage>/final, the rule's output) stays
-        stages = ("pretrain_encoder", "pretrain_decoder_lowres", "pretrain_decoder_highres")
+        # one DAG, run in passes only to fit a CI disk: a finished full-training stage's resumable
+        # checkpoints (full weights + Adam state: ~7.5 GB for the 2-block SD3.5 DiT, ~8 GB for the 1-layer
+        # Chameleon-7B) are deleted before the next one starts; its exported model (train/<stage>/final,
+        # the rule's output) stays
+        stages = ("pretrain_encoder", "pretrain_decoder_lowres", "pretrain_decoder_highres",
+                  "unitoken_align", "unitoken_joint", "unitoken_instruct")  # fmt: skip
         targets = [f"results/{RUN}/train/{stage}/final" for stage in stages]  # relative: as the rules'
         for target in [*targets, "all"]:
             result = snakemake(work, target, "--keep-going", *configfiles, timeout=2 * 3600, check=False)

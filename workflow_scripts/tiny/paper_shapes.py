@@ -9,9 +9,10 @@ model path of paper.example.yaml at them::
 
     snakemake -n all --configfile paper.example.yaml OUT_DIR/paper.stand_in.yaml
 
-``--smoke`` builds the paper DAG's models (not UniToken's) and writes a handful of images and one-line
-benchmark files with ``OUT_DIR/paper.smoke_data.yaml``; the smoke run then executes every rule of the paper
-DAG on CPU through the local launcher (2 optimiser steps per stage, tests/configs/paper_smoke.yaml)::
+``--smoke`` builds every stand-in that is missing (UniToken's too: the smoke overlay turns it on) and
+writes a handful of images and one-line benchmark files with ``OUT_DIR/paper.smoke_data.yaml``; the smoke
+run then executes every rule of the paper DAG, both recipes, on CPU through the local launcher (2
+optimiser steps per stage, tests/configs/paper_smoke.yaml)::
 
     snakemake all --configfile paper.example.yaml OUT_DIR/paper.stand_in.yaml \
         OUT_DIR/paper.smoke_data.yaml tests/configs/paper_smoke.yaml
@@ -702,8 +703,6 @@ def write_config(out_root: Path) -> Path:
 SMOKE_DATA_FILE = "paper.smoke_data.yaml"
 SMOKE_OVERLAY = Path(__file__).resolve().parents[2] / "tests" / "configs" / "paper_smoke.yaml"
 SMOKE_IMAGES = 1  # drafted by the VLM (the overlay adds 5 shapes scenes: 1 val, 1 bench, 4 train)
-# the models of the paper preset's DAG (UniToken is off in paper.yaml: its three stand-ins are not used)
-SMOKE_MODELS = tuple(name for name, (*_, keys) in MODELS.items() if not keys[0].startswith("unitoken."))
 # one official line of each generation benchmark: GenEval's evaluation_metadata.jsonl and Echo-4o's
 # Geneval++.jsonl (its first line)
 GENEVAL_LINE = (
@@ -869,8 +868,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="build the paper DAG's models only (not UniToken's) if missing, and write the smoke-run data "
-        "and its configfile; then run the printed snakemake command",
+        help="build the stand-ins that are missing, write the smoke-run data and its configfile; then run "
+        "the printed snakemake command",
     )
     parser.add_argument(
         "--judge-heads",
@@ -883,7 +882,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report_path = args.out_dir / STAND_IN_FILE
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    names = args.only or (SMOKE_MODELS if args.smoke else MODELS)
+    names = args.only or MODELS
     for name in names:
         if args.smoke and (args.out_dir / name).exists():
             continue  # built before (atomically): a smoke rerun reuses it
