@@ -147,7 +147,6 @@ def check_decoder_phase_under_fsdp_with_two_processes(work: Path, configfiles: l
         },
     )
     run = Run.load(user)
-    single = work / "results" / RUN / "train" / "pretrain_decoder_lowres"
     source = work / "results" / RUN
     inputs = {
         "decoder": Path(run.cfg.models.decoder.path),
@@ -161,10 +160,11 @@ def check_decoder_phase_under_fsdp_with_two_processes(work: Path, configfiles: l
     assert provenance["world_size"] == 2
     curves = [
         [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        for folder in (single / "final", out / "final")
+        for folder in (source / "train" / "pretrain_decoder_lowres" / "final", out / "final")
     ]
     assert len(curves[0]) == len(curves[1]) == 2
-    # bf16 autocast: the two runs reduce the same samples in a different order
-    assert curves[1] == pytest.approx(curves[0], rel=1e-2)
+    # the engines' bar (tests/test_engines.py); measured here: equal, then 1.5e-7 apart (bf16 autocast,
+    # the same samples reduced in a different order)
+    assert curves[1] == pytest.approx(curves[0], rel=1e-4)
     load_decoder(out / "final")
     return curves
