@@ -29,6 +29,7 @@ INGEST = "python -m workflow_scripts.warehouse ingest {params.args} > {log:q} 2>
 
 wildcard_constraints:
     component="encoder|decoder|clip|longclip|dinov2|dinov3|unitoken_lm|unitoken_vision",
+    backbone="clip|longclip|dinov2|dinov3",
     source="|".join(RUN.sources),
     phase="|".join(RUN.phases),
     variant="|".join(re.escape(v) for v in RUN.cfg.rl.variants),

@@ -37,6 +37,23 @@ def snakemake(
     return result
 
 
+def stored_val_metrics(workdir: Path, run: str, stage: str) -> dict[str, float]:
+    """A training stage's held-out figures (``val_*``) as the DAG's warehouse stored them."""
+    import duckdb
+
+    query = "SELECT metric, value FROM train_metrics WHERE run_id = ? AND stage = ? AND metric LIKE 'val_%'"
+    with duckdb.connect(str(workdir / "results" / "umm.duckdb"), read_only=True) as con:
+        return dict(con.execute(query, [run, stage]).fetchall())
+
+
+def report_row(report: Path, section_id: str, label: str) -> tuple[str, str]:
+    """(the report section with that id, the part of it from the row labelled ``label`` on)."""
+    html = report.read_text()
+    section = html[html.index(f'<section id="{section_id}">') :]
+    section = section[: section.index("</section>")]
+    return section, section[section.index(f'<td class="label">{label}</td>') :]
+
+
 def dry_run_job_counts(dry_run_output: str) -> dict[str, int]:
     """Rule -> job count from the first job-stats table of ``snakemake -n`` (the DAG before checkpoints)."""
     counts, table = {}, False

@@ -108,21 +108,12 @@ def test_the_decoder_pretraining_starts_from_the_trained_vae(tiny_dag):
 
 @pytest.mark.slow
 def test_the_report_shows_each_autoencoders_val_psnr_against_its_floor(tiny_dag):
-    import duckdb
+    from tests.conftest import report_row, stored_val_metrics
 
     run = tiny_dag / "results" / "ci"
     quality = json.loads((run / "train" / "vae_train" / "final" / "reconstruction.json").read_text())
-    with duckdb.connect(str(tiny_dag / "results" / "umm.duckdb"), read_only=True) as con:
-        stored = dict(
-            con.execute(
-                "SELECT metric, value FROM train_metrics WHERE run_id = 'ci' AND stage = 'vae_train' "
-                "AND metric LIKE 'val_%'"
-            ).fetchall()
-        )
+    stored = stored_val_metrics(tiny_dag, "ci", "vae_train")
     assert stored["val_psnr_db"] == pytest.approx(quality["psnr_db"])
-    html = (run / "report" / "report.html").read_text()
-    section = html[html.index('<section id="autoencoders">') :]
-    section = section[: section.index("</section>")]
-    row = section[section.index('<td class="label">vae_train</td>') :]
+    section, row = report_row(run / "report" / "report.html", "autoencoders", "vae_train")
     assert f"<td>{quality['psnr_db']:.2f}</td><td>{quality['grey_psnr_db']:.2f}</td>" in row
     assert 'alt="vae_train reconstructions"' in section  # the strip is embedded

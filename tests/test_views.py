@@ -41,6 +41,7 @@ def _wildcard_values(plain: dict) -> dict[str, list[str]]:
             "unitoken_lm",
             "unitoken_vision",
         ],
+        "backbone": ["clip", "longclip", "dinov2", "dinov3"],
         "source": list(plain["data"]["sources"]),
         "phase": [p["name"] for p in plain["pretrain"]["decoder"]["phases"]],
         "variant": list(plain["rl"]["variants"]),

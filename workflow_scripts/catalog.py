@@ -42,8 +42,8 @@ def _tiny_model(cfg: Mapping[str, Any], component: str) -> dict[str, Any]:
             spec = {**spec, "vq": unitoken["tiny_vq"]}
     elif component in models:
         spec = models[component]["tiny"]
-    else:
-        spec = models["reward"][component]["tiny"]
+    else:  # a reward backbone: a stand-in for published weights, the same whatever the run's seed
+        return {"seed": cfg["reward_train"]["seed"], "spec": models["reward"][component]["tiny"]}
     view = {"seed": cfg["seed"], "spec": spec}
     if component in ("encoder", "unitoken_lm"):
         # the tiny tokenizer is trained on captions of the configured shapes world
@@ -78,6 +78,10 @@ def _data_build(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _vae_train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {"seed": cfg["seed"], "vae": cfg["vae"]}
+
+
+def _reward_train(cfg: Mapping[str, Any], backbone: str) -> dict[str, Any]:
+    return {"reward_train": cfg["reward_train"]}  # its own seed (RewardTrainConfig.seed), not the run's
 
 
 def _pretrain_encoder(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -351,6 +355,13 @@ STAGES: dict[str, Stage] = {
         footprint=Footprint.GPU,
         loop=lambda cfg, w: cfg.vae.loop,
     ),
+    "reward_train": Stage(
+        _reward_train,
+        "workflow_scripts.reward.stage:train_backbone",
+        trains="reward_{backbone}",
+        footprint=Footprint.GPU,
+        loop=lambda cfg, w: cfg.reward_train.loop,
+    ),
     "pretrain_encoder": Stage(
         _pretrain_encoder,
         "workflow_scripts.pretrain.encoder_sft:run",
@@ -439,6 +450,11 @@ JOBS = [name for name, stage in STAGES.items() if stage.run]  # what the launche
 def decoder_stage(phase: str) -> str:
     """The training stage of one decoder pretraining phase (its folder under ``train/``)."""
     return STAGES["pretrain_decoder"].trained(phase=phase)
+
+
+def reward_stage(backbone: str) -> str:
+    """The training stage of one tiny reward backbone (its folder under ``train/``)."""
+    return STAGES["reward_train"].trained(backbone=backbone)
 
 
 def rl_decoder_stage(variant: str) -> str:

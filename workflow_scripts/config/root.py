@@ -12,6 +12,7 @@ from workflow_scripts.eval.config import EvalConfig
 from workflow_scripts.launch.config import LauncherConfig
 from workflow_scripts.models.config import ModelsConfig
 from workflow_scripts.pretrain.config import PretrainConfig
+from workflow_scripts.reward.config import RewardTrainConfig
 from workflow_scripts.rl.config import RLConfig
 from workflow_scripts.unitoken.config import UniTokenConfig
 from workflow_scripts.vae.config import VAETrainConfig
@@ -50,6 +51,7 @@ class UmmConfig:
     data: DataConfig = doc("Long-caption dataset build.")
     inference: InferenceConfig = doc("Sampling settings.")
     vae: VAETrainConfig = doc("The tiny decoder's autoencoder, trained before decoder pretraining.")
+    reward_train: RewardTrainConfig = doc("The tiny reward backbones, trained before any reward reads them.")
     pretrain: PretrainConfig = doc("Stage 1: encoder SFT and decoder pretraining.")
     rl: RLConfig = doc("Stage 2: Unified-GRPO (cold start, 2a, 2b) and the ablation variants.")
     eval: EvalConfig = doc("Benchmarks (Tables 1-5), the ablation and checkpoint selection.")
@@ -69,6 +71,8 @@ class UmmConfig:
             readers[f"pretrain.decoder phase '{phase.name}'"] = phase.resolution
         if self.trains_vae:
             readers["vae"] = self.vae.resolution
+        if self.trains_rewards:
+            readers["reward_train"] = self.reward_train.resolution
         available = list(self.data.resolutions)
         if self.unitoken.enabled:
             if self.models.source == "tiny":  # the tokenizer reads data shards at its own resolution
@@ -95,6 +99,11 @@ class UmmConfig:
     def trains_vae(self) -> bool:
         """Whether the DAG trains the decoder's VAE: the tiny one only (a published VAE is used as is)."""
         return self.vae.enabled and self.models.source == "tiny"
+
+    @property
+    def trains_rewards(self) -> bool:
+        """Whether the DAG trains the reward backbones: the tiny ones only (published ones are used as is)."""
+        return self.reward_train.enabled and self.models.source == "tiny"
 
     def _check_names(self) -> None:
         check_slug("run_name", self.run_name)

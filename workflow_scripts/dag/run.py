@@ -18,7 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from workflow_scripts import atomic
-from workflow_scripts.catalog import decoder_stage, resources, stage_hash
+from workflow_scripts.catalog import decoder_stage, resources, reward_stage, stage_hash
 from workflow_scripts.config.loader import digest, parse, resolve
 from workflow_scripts.config.root import UmmConfig
 from workflow_scripts.config.typed import ConfigError
@@ -27,6 +27,7 @@ from workflow_scripts.dag.report import ReportPaths
 from workflow_scripts.dag.rl import RLPaths
 from workflow_scripts.dag.unitoken import UniTokenPaths
 from workflow_scripts.layout import RunLayout
+from workflow_scripts.models.config import BACKBONES
 from workflow_scripts.models.paths import DIFFUSERS_FILES, require_model_dir
 
 PLAN_ONLY = "plan_only"  # a --config switch, never part of the resolved config or any stage hash
@@ -110,7 +111,7 @@ class Run:
         if models.source == "local":
             require_model_dir(models.encoder.path, "models.encoder.path")
             require_model_dir(models.decoder.path, "models.decoder.path", expect=DIFFUSERS_FILES)
-            for name in sorted(set(self.rl.reward_backbones) | set(self.eval.backbones)):
+            for name in self.backbones:
                 marker = "open_clip_config.json" if name in ("clip", "longclip") else "config.json"
                 require_model_dir(
                     getattr(models.reward, name).path, f"models.reward.{name}.path", expect=(marker,)
@@ -170,6 +171,8 @@ class Run:
         """A published model's directory: the tiny build or the configured local path."""
         if component == "decoder" and self.cfg.trains_vae:
             return str(self.layout.final("vae_train"))  # the tiny decoder with its VAE trained
+        if component in BACKBONES and self.cfg.trains_rewards:
+            return str(self.layout.final(reward_stage(component)))  # the tiny backbone, trained
         if self.cfg.models.source == "tiny":
             return str(self.layout.tiny_model(component))
         models = self.cfg.models
@@ -191,8 +194,17 @@ class Run:
         if unitoken and self.cfg.models.source == "tiny":
             unitoken.insert(0, "unitoken_vq")
         vae = ["vae_train"] if self.cfg.trains_vae else []
+        rewards = [reward_stage(b) for b in self.backbones] if self.cfg.trains_rewards else []
         decoder = [decoder_stage(p) for p in self.phases]
-        return [*vae, "pretrain_encoder", *decoder, *self.rl.stages, *unitoken]
+        return [*vae, *rewards, "pretrain_encoder", *decoder, *self.rl.stages, *unitoken]
+
+    @property
+    def backbones(self) -> list[str]:
+        """The reward/eval backbones some rule of the run reads."""
+        used = set(self.rl.reward_backbones) | set(self.eval.backbones)
+        if "geneval" in self.eval.benchmarks and self.cfg.eval.detector.color == "clip":
+            used.add("clip")
+        return [b for b in BACKBONES if b in used]
 
     def caption_models(self, source: str) -> dict[str, str]:
         captioning = self.cfg.data.captioning

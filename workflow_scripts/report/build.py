@@ -536,6 +536,33 @@ def _autoencoders(con, run: str, run_dir: Path, stages: list[str]) -> list[dict[
     return found
 
 
+def _reward_backbones(con, run: str, stages: list[str]) -> list[dict[str, Any]]:
+    """Each reward backbone a run trained (tiny preset): its similarity of a held-out image to a 1-px blur of
+    itself and to the other images, before and after training (reward/training.py, ``separation``)."""
+    from workflow_scripts.catalog import reward_stage
+    from workflow_scripts.models.config import BACKBONES
+
+    found = []
+    for name in BACKBONES:
+        stage = reward_stage(name)
+        figures = q.final_metrics(con, run, stage, "val_") if stage in stages else {}
+        if "val_similarity_same" not in figures:
+            continue
+        found.append(
+            {
+                "stage": stage,
+                "backbone": name,
+                "images": figures.get("val_val_images"),
+                **{k: figures.get(f"val_{k}") for k in SEPARATION},
+                **{f"untrained_{k}": figures.get(f"val_untrained_{k}") for k in SEPARATION},
+            }
+        )
+    return found
+
+
+SEPARATION = ("similarity_same", "similarity_other", "retrieval_top1")
+
+
 def _cost(con, run: str, run_dir: Path) -> dict[str, Any] | None:
     """Projected GPU-hours per stage (workflow_scripts.cost, from the run's resolved config) beside the
     GPU-hours its jobs took (elapsed x nodes x GPUs per node); None without a resolved config."""
@@ -672,6 +699,7 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
         "stages": q.stages(con, run),
         "data": q.data_counts(con, run),
         "autoencoders": _autoencoders(con, run, run_dir, stages),
+        "reward_backbones": _reward_backbones(con, run, stages),
         "figures": figures,
         "dag_svg": dag_svg,
         "systems": systems,

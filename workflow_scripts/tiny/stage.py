@@ -15,6 +15,8 @@ def build_tiny_model(ctx: JobContext) -> dict:
     component = ctx.spec.wildcards["component"]
     cfg = ctx.cfg
     out = ctx.output("model")
+    # reward backbones stand in for published weights: the same whatever the run's seed (RewardTrainConfig)
+    seed = cfg.reward_train.seed if component in BACKBONES else cfg.seed
     with atomic.directory(out) as tmp:
         if component == "encoder":
             synthetic = cfg.data.sources.synthetic
@@ -34,7 +36,7 @@ def build_tiny_model(ctx: JobContext) -> dict:
             unitoken_tiny.build_vision(spec, derive_seed(cfg.seed, "tiny", component), tmp)
         elif component in BACKBONES:
             spec = getattr(cfg.models.reward, component).tiny
-            build_tiny(component, spec, derive_seed(cfg.seed, "tiny", component), tmp)
+            build_tiny(component, spec, derive_seed(seed, "tiny", component), tmp)
         else:
             raise ValueError(f"no tiny model '{component}'")
         provenance.write(
@@ -43,7 +45,7 @@ def build_tiny_model(ctx: JobContext) -> dict:
                 stage=f"build_tiny_model/{component}",
                 config_hash=ctx.config_hash,
                 stage_hash=ctx.view_hash,
-                seed=cfg.seed,
+                seed=seed,
                 inputs={},
             ),
         )

@@ -47,8 +47,11 @@ def training(
                         "value": float(value),
                     }
                 )
-    quality = final / "reconstruction.json"  # an autoencoder's validation figures, at its last step
-    if quality.exists() and metrics:
+    # held-out figures at the stage's last step: an autoencoder's (reconstruction.json), a reward backbone's
+    # (validation.json)
+    for quality in (final / "reconstruction.json", final / "validation.json"):
+        if not (quality.exists() and metrics):
+            continue
         last = max(m["step"] for m in metrics)
         for name, value in json.loads(quality.read_text()).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
