@@ -13,6 +13,7 @@ downloaded one does (:func:`workflow_scripts.reward.backbones.load_backbone`).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,12 @@ class BackboneTraining:
     def loss(self, model: torch.nn.Module, batch, step: int):
         pixels, second = batch
         return model(pixels, second)
+
+    def after_step(self, model: torch.nn.Module, steps_done: int) -> None:
+        """CLIP's temperature stays at most 100 (open_clip's training clamps it after every step)."""
+        if self.objective.library == "open_clip":
+            with torch.no_grad():
+                self.objective.model.logit_scale.clamp_(0, math.log(100))
 
     def export(self, model: torch.nn.Module, out_dir: Path, *, final: bool) -> None:
         """The random build's directory with the trained weights in place of its own."""
