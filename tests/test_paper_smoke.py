@@ -69,7 +69,7 @@ def test_smoke_overlay_keeps_the_published_shapes_and_cuts_only_cost():
 
 
 @pytest.mark.slow
-@pytest.mark.paper_smoke  # ~1 h 15 min on 2 cores (README): deselected by default (pyproject addopts)
+@pytest.mark.paper_smoke  # 1 h 25 min on 2 cores (README): deselected by default (pyproject addopts)
 def test_paper_smoke_run_goes_through_every_rule_of_the_paper_dag(paper_stand_ins, tmp_path):
     started = time.perf_counter()
     for name in ps.MODELS:
