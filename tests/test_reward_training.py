@@ -166,3 +166,19 @@ def test_the_reward_backbones_do_not_follow_the_runs_seed():
     assert stage_hash(base, "build_tiny_model", **encoder) != stage_hash(
         reseeded, "build_tiny_model", **encoder
     )
+
+
+@pytest.mark.parametrize("name", ["dinov2", "dinov3"])
+def test_a_tiny_timm_backbone_reads_images_at_its_own_side(name, tmp_path):
+    """Its saved config states its own input side, as a published checkpoint's does: DINOv3's RoPE ViT
+    has no fixed input size, and timm's default config for it said 256 px (16x the tokens at 32 px)."""
+    from torchvision.transforms import Resize
+
+    from workflow_scripts.tiny.backbones import build_tiny
+
+    spec = getattr(parse(resolve({})).models.reward, name).tiny
+    build_tiny(name, spec, 0, tmp_path / name)
+    (resize,) = [
+        t for t in load_backbone(name, tmp_path / name).preprocess.transforms if isinstance(t, Resize)
+    ]
+    assert resize.size in (spec.image_size, [spec.image_size])
