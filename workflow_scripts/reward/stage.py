@@ -32,8 +32,9 @@ def train_backbone(ctx: JobContext) -> dict:
     )
     val = ShardDataset(ctx.input("shards"), "val", cfg.resolution)
     held_out = to_unit([val[i].image for i in range(len(val))])
-    floor = separation(load_backbone(name, base), held_out)  # before training: the random build's room
-    objective = ContrastiveObjective(load_backbone(name, base), cfg.temperature)
+    backbone = load_backbone(name, base)
+    floor = separation(backbone, held_out)  # before training: the random build's room
+    objective = ContrastiveObjective(backbone, cfg.temperature)
     task = BackboneTraining.on(base, objective, images, plan, cfg.view_blur)
     paths = stage_paths(ctx)
     run_identity = identity(ctx)

@@ -12,7 +12,6 @@ downloaded one does (:func:`workflow_scripts.reward.backbones.load_backbone`).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from torchvision.transforms import functional as TF
 
 from workflow_scripts.data.shards import ShardDataset
 from workflow_scripts.models.config import LIBRARY
-from workflow_scripts.reward.backbones import OPEN_CLIP_CONFIG, Backbone
+from workflow_scripts.reward.backbones import Backbone
 from workflow_scripts.reward.pixels import to_unit
 from workflow_scripts.seeding import derive_seed
 from workflow_scripts.train.batches import BatchPlan
@@ -100,9 +99,7 @@ class BackboneTraining:
         if objective.library == "open_clip":
             from open_clip.tokenizer import SimpleTokenizer
 
-            context = json.loads((base / OPEN_CLIP_CONFIG).read_text())["model_cfg"]["text_cfg"][
-                "context_length"
-            ]
+            context = objective.model.context_length  # the loaded model's own text positions
             tokens = SimpleTokenizer(context_length=context)([r.caption for r in records])
         return cls(base, objective, to_unit([r.image for r in records]), tokens, plan, tuple(view_blur))
 
