@@ -22,6 +22,14 @@ from workflow_scripts.eval.systems import System
 
 log = logging.getLogger(__name__)
 
+# the parts of a UAE system (eval.systems.UAE_PARTS) each benchmark calls
+PARTS = {
+    "unified_bench": ("captioner", "text_encoder", "decoder"),
+    "geneval": ("text_encoder", "decoder"),
+    "geneval_pp": ("text_encoder", "decoder"),
+    "mmt": ("captioner",),
+}
+
 
 def shard_items(items: list[dict], shard: int, shards: int) -> list[dict]:
     return [item for i, item in enumerate(items) if i % shards == shard]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,9 +15,11 @@ from PIL import Image
 
 from workflow_scripts.eval import geneval, geneval_pp, learning, mmt
 from workflow_scripts.eval.geneval import ScoringConstants
-from workflow_scripts.reward.backbones import Backbone
 from workflow_scripts.reward.functions import similarities, weighted
 from workflow_scripts.reward.pixels import to_unit
+
+if TYPE_CHECKING:  # its module imports torchvision (1.4 s): only Unified-Bench scoring loads backbones
+    from workflow_scripts.reward.backbones import Backbone
 
 
 def load_records(shard_dirs: list[Path]) -> list[dict]:

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _system(ctx: JobContext, record) -> System | UniTokenSystem:
-    """The system a variant record names: a UAE-family captioner + decoder, or one UniToken model."""
+def _system(ctx: JobContext, record, parts=None) -> System | UniTokenSystem:
+    """The system a variant record names: a UAE-family captioner + decoder (those of ``parts`` only,
+    default all), or one UniToken model."""
     from workflow_scripts.eval.systems import load_system
     from workflow_scripts.models.conditioning import ConditioningSpec
     from workflow_scripts.unitoken.system import load_unitoken_system
@@ -48,6 +49,7 @@ def _system(ctx: JobContext, record) -> System | UniTokenSystem:
         conditioning=ConditioningSpec.of(ctx.cfg.models.decoder),
         device=device,
         dtype=dtype,
+        **({} if parts is None else {"parts": parts}),
     )
 
 
@@ -121,7 +123,7 @@ def eval_generate(ctx: JobContext) -> dict:
             "%s %s shard %d: kept from an earlier attempt (%d records)", system_name, bench, shard, count
         )
         return {"shard": shard, "records": count, "path": str(out), "kept": True}
-    system = _system(ctx, record)
+    system = _system(ctx, record, generate.PARTS[bench])
     count = generate.generate(bench, ctx.input("item_set"), system, ctx.cfg.eval, shard, out, key=key)
     return {"shard": shard, "records": count, "path": str(out), "kept": False}
 

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from workflow_scripts.config.inference import InferenceConfig
 from workflow_scripts.models.conditioning import ConditioningSpec, condition
-from workflow_scripts.models.decoder import Decoder, load_decoder
 from workflow_scripts.models.encoder import CaptionPrompt, Encoder, load_encoder
+
+if TYPE_CHECKING:  # diffusers' import is seconds: a benchmark that only asks questions never loads it
+    from workflow_scripts.models.decoder import Decoder
 
 # the model directories a variant record may name (UAE family: the first three; a release checkpoint:
 # "release"; UniToken: the last two)
 MODEL_PARTS = ("captioner", "text_encoder", "decoder", "release", "model", "vq")
+UAE_PARTS = MODEL_PARTS[:3]
 
 
 @dataclass
@@ -85,9 +90,11 @@ def load_system(
     conditioning: ConditioningSpec,
     device,
     dtype: torch.dtype,
+    parts: Collection[str] = UAE_PARTS,
 ) -> System:
-    """The system a variant record (or its JSON file) names; a component used twice is loaded once.
-    A record of kind ``uae-release`` names a release checkpoint directory (models/release.py)."""
+    """The system a variant record (or its JSON file) names; a component used twice is loaded once, and
+    one not in ``parts`` (of UAE_PARTS: what the caller will call) not at all. A record of kind
+    ``uae-release`` names a release checkpoint directory (models/release.py), loaded whole."""
     if not isinstance(record, dict):
         record = json.loads(Path(record).read_text())
     if record.get("kind") == "uae-release":
@@ -106,7 +113,8 @@ def load_system(
         )
     loaded: dict[str, Encoder] = {}
 
-    def encoder(path):
+    def encoder(part: str):
+        path = record.get(part) if part in parts else None
         if not path:
             return None
         key = str(Path(path).resolve())
@@ -116,14 +124,16 @@ def load_system(
         return loaded[key]
 
     decoder = None
-    if record.get("decoder"):
+    if record.get("decoder") and "decoder" in parts:
+        from workflow_scripts.models.decoder import load_decoder
+
         decoder = load_decoder(record["decoder"], dtype=dtype)
         for part in (decoder.transformer, decoder.vae, decoder.projector):
             part.to(device).eval()
     return System(
         record["variant"],
-        encoder(record.get("captioner")),
-        encoder(record.get("text_encoder")),
+        encoder("captioner"),
+        encoder("text_encoder"),
         decoder,
         inference,
         conditioning,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workflow_scripts.reward.backbones import Backbone
 from workflow_scripts.reward.config import RewardsConfig
+
+if TYPE_CHECKING:  # torchvision, through the backbones' module: not every reward reads a backbone
+    from workflow_scripts.reward.backbones import Backbone
 
 
 @dataclass(frozen=True)
