@@ -18,25 +18,10 @@ rule report_dag:
         "--out {output:q} > {log:q} 2>&1"
 
 
-rule cost_projection:
-    output:
-        LAYOUT.cost_projection,
-    log:
-        LAYOUT.log("cost_projection"),
-    conda:
-        ENV
-    params:
-        stage_hash=RUN.stage_hash_of("cost_projection"),
-        config=RUN.config_path,
-    shell:
-        "python -m workflow_scripts.cost --resolved {params.config:q} --json {output:q} > {log:q} 2>&1"
-
-
 rule report:
     input:
         ingested=LAYOUT.ingested("run"),
         dag=LAYOUT.rulegraph,
-        cost=LAYOUT.cost_projection,
     output:
         report(
             LAYOUT.report, caption="../reports/captions/report.rst", category="Report"
@@ -51,7 +36,7 @@ rule report:
         run_dir=RUN.report.run_dir,
     shell:
         "python -m workflow_scripts.report run --db {params.db:q} --run {params.run:q} --run-dir {params.run_dir:q} "
-        "--dag {input.dag:q} --cost {input.cost:q} --out {output:q} > {log:q} 2>&1"
+        "--dag {input.dag:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report_index:

@@ -132,10 +132,9 @@ def test_the_cost_models_job_list_is_the_dags(configfiles, monkeypatch):
     assert dag == sorted(C._label(s, w) for s, w in C.planned_jobs(cfg))
 
 
-def _report(run_dir: Path, resolved: str, projection: Path | None = None) -> str:
+def _report(run_dir: Path, resolved: str) -> str:
     """A report from a small warehouse: one run, one finished 8 x 8-GPU job of pretrain_decoder's lowres
-    phase (1.5 h), and ``resolved`` as the run's config.resolved.json (``projection``: the
-    cost_projection rule's JSON)."""
+    phase (1.5 h), and ``resolved`` as the run's config.resolved.json."""
     from workflow_scripts.report.build import render_run
     from workflow_scripts.warehouse import ingest
     from workflow_scripts.warehouse.db import replace_rows, writer
@@ -151,7 +150,7 @@ def _report(run_dir: Path, resolved: str, projection: Path | None = None) -> str
                "state": "COMPLETED", "nodes": 8, "gpus_per_node": 8, "elapsed_seconds": 5400.0}  # fmt: skip
         replace_rows(con, "jobs", {"run_id": "ci"}, [job])
     out = run_dir / "report.html"
-    render_run(db, "ci", run_dir, run_dir / "missing.svg", out, projection=projection)
+    render_run(db, "ci", run_dir, run_dir / "missing.svg", out)
     return out.read_text()
 
 
@@ -170,28 +169,6 @@ def test_report_shows_projected_beside_measured_gpu_hours(tmp_path):
     assert cells == ["total", "", f"{p.total_hours:.3f}", "96.000"]
     assert "rl_encoder" in rows and "data_caption" in rows and "40% MFU of 989 TFLOP/s" in page
     assert page.find('<section id="cost">') < page.find('<section id="provenance">')
-
-
-def test_the_cost_projection_rules_json_is_what_the_report_shows(tmp_path):
-    """`python -m workflow_scripts.cost --resolved C --json OUT` (the DAG's cost_projection rule) writes the
-    projection of C, and the report reads that file instead of counting again."""
-    from workflow_scripts.config.loader import parse
-
-    plain = _paper_plain(run_name="ci")
-    resolved = tmp_path / "config.resolved.json"
-    resolved.write_text(json.dumps(plain))
-    out = tmp_path / "projection.json"
-    assert C.main(["--resolved", str(resolved), "--json", str(out)]) == 0
-    written = json.loads(out.read_text())
-    p = C.projection(parse(plain))
-    assert written["total_hours"] == pytest.approx(p.total_hours)
-    assert [r["stage"] for r in written["rows"]] == [r.stage for r in p.rows]
-    written["total_hours"] = 12345.0  # only a page that reads the file shows it
-    out.write_text(json.dumps(written))
-    page = _report(tmp_path / "run", json.dumps(plain), projection=out)
-    (body,) = re.findall(r'<table id="cost">(.*?)</table>', page, flags=re.S)
-    total = next(r for r in body.split("</tr>") if ">total<" in r)
-    assert re.findall(r"<td[^>]*>(.*?)</td>", total)[2] == "12345.000"
 
 
 def test_report_says_why_when_the_resolved_config_does_not_parse(tmp_path):

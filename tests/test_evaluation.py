@@ -99,6 +99,40 @@ def test_scorer_and_selection_changes_rerun_only_what_they_feed(tiny_dag):
         snakemake(tiny_dag, "all", "--dry-run")
 
 
+def test_a_benchmark_loads_only_the_system_parts_it_calls_and_generates_the_same(
+    tiny_dag, tmp_path, monkeypatch
+):
+    """eval_generate loads generate.PARTS[bench] of a system (MMT: the captioner, no decoder; GenEval: the
+    reader and the decoder, no captioner): same records and images as the whole system."""
+    monkeypatch.chdir(tiny_dag)
+    run = tiny_dag / "results" / "ci"
+    cfg = parse(resolve(ci_config()))
+
+    def system(**parts):
+        return load_system(
+            run / "variants/2a.json",
+            cfg.inference,
+            conditioning=ConditioningSpec.of(cfg.models.decoder),
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            **parts,
+        )
+
+    whole = system()
+    for bench, absent in (("mmt", ("text_encoder", "decoder")), ("geneval", ("captioner",))):
+        only = system(parts=generate.PARTS[bench])
+        assert all(getattr(only, part) is None for part in absent), bench
+        assert all(getattr(only, part) is not None for part in generate.PARTS[bench]), bench
+        outputs = []
+        for name, loaded in (("whole", whole), ("only", only)):
+            folder = tmp_path / f"{bench}-{name}"
+            generate.generate(bench, run / f"eval/items/{bench}", loaded, cfg.eval, 0, folder)
+            records = (folder / "records.jsonl").read_text()
+            images = {f.name: f.read_bytes() for f in sorted((folder / "images").glob("*.png"))}
+            outputs.append((records, images))
+        assert outputs[0] == outputs[1], bench
+
+
 def test_shard_count_does_not_change_any_aggregate(tiny_dag, tmp_path, monkeypatch):
     monkeypatch.chdir(tiny_dag)  # system records name models relative to the Snakemake working directory
     run = tiny_dag / "results" / "ci"

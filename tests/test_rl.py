@@ -244,6 +244,7 @@ def test_decoder_flow_grpo_raises_a_learnable_reward(tiny_dag, tmp_path):
             "mean_color": {"weight": 1.0, "target": [1.0, 0.0, 0.0]},
         },
         "decoder": {
+            "resolution": 32,  # the bar's calibration (the tiny preset's RL draws at 64 px)
             "grpo": {"group_size": 4, "sample_every": 1000, "clip_epsilon": 0.2, "beta": 0.0},
             "loop": _loop(40, 2e-2),
         },

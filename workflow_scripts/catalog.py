@@ -283,11 +283,6 @@ def _report_dag(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cost_projection(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The projection counts every planned stage at its settings: the whole resolved config."""
-    return dict(cfg)
-
-
 def _named(items, name: str):
     (found,) = [item for item in items if item.name == name]
     return found
@@ -448,7 +443,6 @@ STAGES: dict[str, Stage] = {
         _unitoken_system, "workflow_scripts.unitoken.stage:unitoken_system", footprint=Footprint.PROCESS
     ),
     "report_dag": Stage(_report_dag),
-    "cost_projection": Stage(_cost_projection),
 }
 JOBS = [name for name, stage in STAGES.items() if stage.run]  # what the launcher runs, in run order
 

@@ -108,9 +108,5 @@ class RunLayout:
         return self.root / "report" / "report.html"
 
     @property
-    def cost_projection(self) -> Path:
-        return self.root / "report" / "cost_projection.json"
-
-    @property
     def rulegraph(self) -> Path:
         return self.root / "report" / "dag.svg"

@@ -1,10 +1,6 @@
 """What a run will cost before it runs: projected GPU-hours per stage from counted FLOPs.
 
     python -m workflow_scripts.cost --configfile paper.example.yaml [--config KEY=VALUE ...]
-    python -m workflow_scripts.cost --resolved results/tiny/config.resolved.json --json projection.json
-
-The second form is the DAG's ``cost_projection`` rule: a run's resolved config to the JSON its report
-reads (the counting imports diffusers and transformers, ~10 s the report itself need not spend).
 
 Per stage, the FLOPs of one optimiser step (one item for evaluation) are summed from the forward FLOPs of
 each model stack at the stage's real shapes (:mod:`workflow_scripts.cost.flops`: one layer of each stack
@@ -22,12 +18,10 @@ throughput ``launcher.cost.peak_tflops x launcher.cost.mfu``. ASSUMPTIONS lists 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from workflow_scripts.config.root import UmmConfig
 
@@ -409,30 +403,6 @@ def projection(cfg: UmmConfig, jobs: Iterable[tuple[str, Mapping[str, str]]] | N
     return Projection(rows, cost.peak_tflops, cost.mfu)
 
 
-def summary(p: Projection) -> dict:
-    """A projection as the report reads it (JSON-ready)."""
-    return {
-        "rows": p.records(),
-        "total_hours": p.total_hours,
-        "training_hours": p.training_hours,
-        "mfu": p.mfu,
-        "peak_tflops": p.peak_tflops,
-        "assumptions": list(ASSUMPTIONS),
-    }
-
-
-def resolved_summary(path) -> dict:
-    """:func:`summary` of the planned jobs of a resolved config file (``config.resolved.json``); a config
-    that cannot be projected gives ``{"error": ...}`` naming the file, so a report still renders."""
-    from workflow_scripts.config.loader import parse
-    from workflow_scripts.config.typed import ConfigError
-
-    try:
-        return summary(projection(parse(json.loads(Path(path).read_text()))))
-    except (ConfigError, ValueError, KeyError) as err:
-        return {"error": f"no projection from {path}: {err}"}
-
-
 def paper_budget_hours() -> float:
     return PAPER_GPUS * PAPER_DAYS * 24.0
 
@@ -470,16 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configfile", nargs="+", default=[], help="config files, as for snakemake")
     parser.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", help="as for snakemake")
     parser.add_argument("--no-dag", action="store_true", help="skip the check against Snakemake's dry run")
-    parser.add_argument("--resolved", metavar="FILE", help="a run's config.resolved.json (with --json)")
-    parser.add_argument("--json", metavar="OUT", help="write the report's projection JSON to OUT")
     args = parser.parse_args(argv)
-    if args.resolved or args.json:
-        if not (args.resolved and args.json):
-            parser.error("--resolved and --json go together")
-        from workflow_scripts import atomic
-
-        atomic.write_json(args.json, resolved_summary(args.resolved))
-        return 0
     from workflow_scripts.config.loader import parse, resolve
     from workflow_scripts.config.typed import ConfigError
     from workflow_scripts.dag.run import PLAN_ONLY

@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _system(ctx: JobContext, record, parts=None) -> System | UniTokenSystem:
+def _system(ctx: JobContext, record, parts: tuple[str, ...] | None = None) -> System | UniTokenSystem:
     """The system a variant record names: a UAE-family captioner + decoder (those of ``parts`` only,
     default all), or one UniToken model."""
-    from workflow_scripts.eval.systems import load_system
+    from workflow_scripts.eval.systems import UAE_PARTS, load_system
     from workflow_scripts.models.conditioning import ConditioningSpec
     from workflow_scripts.unitoken.system import load_unitoken_system
 
@@ -49,7 +49,7 @@ def _system(ctx: JobContext, record, parts=None) -> System | UniTokenSystem:
         conditioning=ConditioningSpec.of(ctx.cfg.models.decoder),
         device=device,
         dtype=dtype,
-        **({} if parts is None else {"parts": parts}),
+        parts=UAE_PARTS if parts is None else parts,
     )
 
 

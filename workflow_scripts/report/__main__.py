@@ -1,6 +1,6 @@
 """Reports from the warehouse.
 
-python -m workflow_scripts.report run --db DB --run tiny --run-dir results/tiny --dag D --out R [--cost C]
+python -m workflow_scripts.report run --db DB --run tiny --run-dir results/tiny --dag D --out R
 python -m workflow_scripts.report index --db DB --out results/index.html [--report RUN=PATH ...]
 python -m workflow_scripts.report compare --db results/umm.duckdb --first A --second B --out compare.html
 python -m workflow_scripts.report dag --snakefile Snakefile --configfile C --out dag.svg [--engine auto]
@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--run-dir", required=True)
     one.add_argument("--dag", required=True)
     one.add_argument("--out", required=True)
-    one.add_argument("--cost", help="the cost_projection rule's JSON (default: counted from the config)")
     index = sub.add_parser("index")
     index.add_argument("--db", required=True)
     index.add_argument("--out", required=True)
@@ -62,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from workflow_scripts.report.build import render_compare, render_index, render_run
 
     if args.command == "run":
-        cost = Path(args.cost) if args.cost else None
-        dag, out = Path(args.dag), Path(args.out)
-        render_run(Path(args.db), args.run, Path(args.run_dir), dag, out, projection=cost)
+        render_run(Path(args.db), args.run, Path(args.run_dir), Path(args.dag), Path(args.out))
     elif args.command == "index":
         reports = dict(r.split("=", 1) for r in args.report)
         render_index(Path(args.db), Path(args.out), reports)

@@ -563,28 +563,28 @@ def _reward_backbones(con, run: str, stages: list[str]) -> list[dict[str, Any]]:
 SEPARATION = ("similarity_same", "similarity_other", "retrieval_top1")
 
 
-def _cost(con, run: str, run_dir: Path, projection: Path | None) -> dict[str, Any] | None:
-    """Projected GPU-hours per stage (the ``cost_projection`` rule's JSON, ``projection``; without one,
-    counted here from the run's resolved config) beside the GPU-hours its jobs took (elapsed x nodes x GPUs
-    per node); None without either."""
-    from workflow_scripts.cost.project import MODELS, resolved_summary
-
-    config = run_dir / "config.resolved.json"
-    if projection is not None and projection.exists():
-        p = json.loads(projection.read_text())
-    elif config.exists():
-        p = resolved_summary(config)
-    else:
+def _cost(con, run: str, run_dir: Path) -> dict[str, Any] | None:
+    """Projected GPU-hours per stage (workflow_scripts.cost, from the run's resolved config) beside the
+    GPU-hours its jobs took (elapsed x nodes x GPUs per node); None without a resolved config."""
+    path = run_dir / "config.resolved.json"
+    if not path.exists():
         return None
-    if "error" in p:  # the page still renders, saying why
-        return p
+    from workflow_scripts.config.loader import parse
+    from workflow_scripts.config.typed import ConfigError
+    from workflow_scripts.cost.project import ASSUMPTIONS, MODELS, projection
+
+    try:
+        cfg = parse(json.loads(path.read_text()))
+        p = projection(cfg)
+    except (ConfigError, ValueError, KeyError) as err:  # the page still renders, saying why
+        return {"error": f"no projection from {path}: {err}"}
     rows: dict[str, dict[str, Any]] = {}
-    for row in p["rows"]:
+    for row in p.records():
         stage = row["stage"].split("[")[0]
         entry = rows.setdefault(stage, {"stage": stage, "jobs": 0, "projected": 0.0, "measured": None})
         entry["jobs"] += row["jobs"]
         entry["projected"] += row["gpu_hours"]
-    prefix = f"umm-{run}-"
+    prefix = f"umm-{cfg.run_name}-"
     for job in q.jobs(con, run):
         label = (job["name"] or "").removeprefix(prefix)
         stage = max((s for s in MODELS if label == s or label.startswith(f"{s}_")), key=len, default=None)
@@ -595,15 +595,15 @@ def _cost(con, run: str, run_dir: Path, projection: Path | None) -> dict[str, An
     measured = [r["measured"] for r in rows.values() if r["measured"] is not None]
     return {
         "rows": list(rows.values()),
-        "total": p["total_hours"],
+        "total": p.total_hours,
         "measured_total": sum(measured) if measured else None,
-        "mfu": p["mfu"],
-        "peak_tflops": p["peak_tflops"],
-        "assumptions": p["assumptions"],
+        "mfu": p.mfu,
+        "peak_tflops": p.peak_tflops,
+        "assumptions": ASSUMPTIONS,
     }
 
 
-def run_context(con, run: str, run_dir: Path, dag_svg: str, projection: Path | None = None) -> dict[str, Any]:
+def run_context(con, run: str, run_dir: Path, dag_svg: str) -> dict[str, Any]:
     summary = q.run_summary(con, run)
     systems = q.systems(con, run)
     stages = q.training_stages(con, run)
@@ -695,7 +695,7 @@ def run_context(con, run: str, run_dir: Path, dag_svg: str, projection: Path | N
         "preset": summary["preset"],
         "comparable": summary["preset"] == "paper",
         "jobs": q.jobs(con, run),
-        "cost": _cost(con, run, run_dir, projection),
+        "cost": _cost(con, run, run_dir),
         "stages": q.stages(con, run),
         "data": q.data_counts(con, run),
         "autoencoders": _autoencoders(con, run, run_dir, stages),
@@ -732,19 +732,11 @@ def _css(templates: Path) -> str:
     return (templates / "style.css").read_text()
 
 
-def render_run(
-    db: Path,
-    run: str,
-    run_dir: Path,
-    dag: Path,
-    out: Path,
-    templates: Path = TEMPLATES,
-    projection: Path | None = None,
-) -> None:
+def render_run(db: Path, run: str, run_dir: Path, dag: Path, out: Path, templates: Path = TEMPLATES) -> None:
     dag_svg = dag.read_text() if dag.exists() else ""
     dag_svg = dag_svg[dag_svg.find("<svg") :] if "<svg" in dag_svg else ""
     with reader(db) as con:
-        context = run_context(con, run, run_dir, dag_svg, projection)
+        context = run_context(con, run, run_dir, dag_svg)
     html = environment(templates).get_template("run.html.j2").render(css=_css(templates), **context)
     atomic.write_text(out, html)
 
