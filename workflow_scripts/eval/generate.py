@@ -18,13 +18,13 @@ from workflow_scripts import atomic
 from workflow_scripts.eval import geneval_pp, mmt
 from workflow_scripts.eval.config import EvalConfig
 from workflow_scripts.eval.items import read
-from workflow_scripts.eval.systems import System
+from workflow_scripts.eval.systems import UAE_PARTS, System
 
 log = logging.getLogger(__name__)
 
-# the parts of a UAE system (eval.systems.UAE_PARTS) each benchmark calls
+# the parts of a UAE system each benchmark calls
 PARTS = {
-    "unified_bench": ("captioner", "text_encoder", "decoder"),
+    "unified_bench": UAE_PARTS,
     "geneval": ("text_encoder", "decoder"),
     "geneval_pp": ("text_encoder", "decoder"),
     "mmt": ("captioner",),
