@@ -136,6 +136,43 @@ def test_fixed_length_conditioning_is_todays_reading(tiny_models):
     assert (embeds[0, -1] == 0).all()  # padded: zeroed
 
 
+def test_a_merging_projector_concatenates_runs_of_states_into_fewer_tokens(tiny_models, tmp_path):
+    """models.decoder.projector_merge m: each run of m consecutive reader states (a last partial run
+    completed with absent ones) is concatenated, then the MLP; a token is kept when any state of its
+    run is. It survives a save, and the DiT draws from the shorter reading."""
+    from workflow_scripts.models.decoder import CaptionProjector
+
+    torch.manual_seed(0)
+    projector = CaptionProjector(in_features=3, hidden_features=5, out_features=4, merge=2)
+    hidden = torch.randn(2, 5, 3)
+    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    out = projector(hidden, keep)
+    assert out.shape == (2, 3, 4)
+    absent = torch.zeros(3)
+    row = hidden[1]
+    runs = [torch.cat([row[0], row[1]]), torch.cat([row[2], row[3]]), torch.cat([row[4], absent])]
+    torch.testing.assert_close(out[1], projector.net(torch.stack(runs)), rtol=1e-6, atol=1e-6)
+    # first row: states 3-4 are absent, so its second run is state 2 beside a zero, its third is dropped
+    torch.testing.assert_close(
+        out[0, 1], projector.net(torch.cat([hidden[0, 2], absent])), rtol=1e-6, atol=1e-6
+    )
+    assert (out[0, 2] == 0).all()
+    projector.save_pretrained(tmp_path / "projector")
+    again = CaptionProjector.from_pretrained(tmp_path / "projector")
+    assert again.config.merge == 2
+    torch.testing.assert_close(again(hidden, keep), out, rtol=0, atol=0)
+
+    enc = load_encoder(tiny_models["encoder"])
+    dec = load_decoder(
+        tiny_models["decoder"], llm_hidden_size=64, projector_hidden_size=32, projector_merge=4
+    )
+    with torch.no_grad():
+        embeds, negative = condition(enc, dec.projector, ["a red circle"], FIXED)
+    assert embeds.shape[1] == negative.shape[1] == FIXED.max_tokens // 4
+    drawn = dec.generate(embeds, negative, seeds=[0], steps=2, guidance_scale=2.0, resolution=32)
+    assert drawn[0].size == (32, 32)
+
+
 def test_the_negative_alone_is_the_negative_of_a_batch(tiny_models):
     """RL reads the negative once with no prompt: the same tensor as read with prompts."""
     enc = load_encoder(tiny_models["encoder"])

@@ -166,10 +166,12 @@ def qwen_text(seq: int, logits: int) -> int:
     )
 
 
-def projector(tokens: int, hidden: int) -> int:
-    """The release's projector: LLM width -> ``hidden`` -> GELU -> the DiT's joint_attention_dim."""
-    return linear(tokens, QWEN_TEXT["hidden_size"], hidden) + linear(
-        tokens, hidden, DIT["joint_attention_dim"]
+def projector(tokens: int, hidden: int, merge: int = 1) -> int:
+    """The release's projector: LLM width -> ``hidden`` -> GELU -> the DiT's joint_attention_dim, on
+    runs of ``merge`` concatenated states (models.decoder.projector_merge; release 1)."""
+    merged = -(-tokens // merge)
+    return linear(merged, merge * QWEN_TEXT["hidden_size"], hidden) + linear(
+        merged, hidden, DIT["joint_attention_dim"]
     )
 
 

@@ -94,20 +94,32 @@ def _condition(cfg: UmmConfig, guidance: float) -> int:
     then the projector."""
     from workflow_scripts.cost import flops as F
 
-    tokens = cfg.models.decoder.max_text_tokens + TEMPLATE_TOKENS
-    per = F.qwen_text(tokens, 0) + F.projector(tokens, cfg.models.decoder.projector_hidden_size)
-    return per * _cfg_mult(guidance)
+    tokens = _text_tokens(cfg)
+    return (F.qwen_text(tokens, 0) + _projector(cfg, tokens)) * _cfg_mult(guidance)
 
 
 def _text_tokens(cfg: UmmConfig) -> int:
+    """Reader tokens of one prompt (the LLM reads all of them)."""
     return cfg.models.decoder.max_text_tokens + TEMPLATE_TOKENS
+
+
+def _dit_text_tokens(cfg: UmmConfig) -> int:
+    """Text tokens the DiT reads: the projector merges runs of projector_merge reader states."""
+    return -(-_text_tokens(cfg) // cfg.models.decoder.projector_merge)
+
+
+def _projector(cfg: UmmConfig, tokens: int) -> int:
+    from workflow_scripts.cost import flops as F
+
+    decoder = cfg.models.decoder
+    return F.projector(tokens, decoder.projector_hidden_size, decoder.projector_merge)
 
 
 def _generate_image(cfg: UmmConfig, resolution: int, steps: int, guidance: float) -> int:
     """Conditioning + ``steps`` guided DiT forwards + the VAE decode of one image."""
     from workflow_scripts.cost import flops as F
 
-    dit = F.dit(resolution, _text_tokens(cfg)) * _cfg_mult(guidance)
+    dit = F.dit(resolution, _dit_text_tokens(cfg)) * _cfg_mult(guidance)
     return _condition(cfg, guidance) + steps * dit + F.vae(resolution, "decode")
 
 
@@ -139,8 +151,8 @@ def _pretrain_decoder(cfg: UmmConfig, wildcards: Mapping[str, str]) -> tuple[flo
     spec = cfg.pretrain.decoder
     (phase,) = [p for p in spec.phases if p.name == wildcards["phase"]]
     tokens = _text_tokens(cfg)
-    condition = F.qwen_text(tokens, 0) + 3 * F.projector(tokens, cfg.models.decoder.projector_hidden_size)
-    dit = F.dit(phase.resolution, tokens) * (3 if spec.transformer == "full" else 2)
+    condition = F.qwen_text(tokens, 0) + 3 * _projector(cfg, tokens)
+    dit = F.dit(phase.resolution, _dit_text_tokens(cfg)) * (3 if spec.transformer == "full" else 2)
     per = condition + F.vae(phase.resolution, "encode") + dit
     return per * phase.loop.batch_size, phase.loop.steps, "step"
 
@@ -151,7 +163,7 @@ def _rl_coldstart(cfg: UmmConfig, wildcards: Mapping[str, str]) -> tuple[float, 
     spec = cfg.rl.coldstart
     mult = _cfg_mult(spec.guidance_scale)
     vision, llm = _understand(spec.resolution, cfg.models.decoder.max_text_tokens, 0)
-    dit = F.dit(spec.resolution, _text_tokens(cfg)) * mult
+    dit = F.dit(spec.resolution, _dit_text_tokens(cfg)) * mult
     # every sampling step forward, the last grad_steps back-propagated into the LoRA (x2 in all)
     sampling = spec.sample_steps * dit + spec.grad_steps * dit
     reward = 2 * (F.vae(spec.resolution, "decode") + _rewards(spec.alphas))
@@ -184,7 +196,7 @@ def _rl_decoder(cfg: UmmConfig, wildcards: Mapping[str, str]) -> tuple[float, in
     sample = group * _generate_image(cfg, spec.resolution, spec.train_steps, spec.guidance_scale)
     reward = (group + 1) * _rewards(cfg.rl.rewards.reconstruction.alphas)
     trained_steps = max(1, math.ceil(spec.train_steps * spec.train_timestep_fraction))
-    dit = F.dit(spec.resolution, _text_tokens(cfg)) * _cfg_mult(spec.guidance_scale)
+    dit = F.dit(spec.resolution, _dit_text_tokens(cfg)) * _cfg_mult(spec.guidance_scale)
     update = spec.grpo.inner_iterations * group * trained_steps * 2 * dit
     reference = group * trained_steps * dit if spec.grpo.beta else 0
     per = caption + sample + reward + update + reference

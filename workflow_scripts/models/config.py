@@ -103,6 +103,11 @@ class DecoderModelConfig:
     projector_hidden_size: int = doc(
         "Hidden width of the LLM->DiT projector MLP (authors' release: 2048 -> 8192 -> GELU -> 4096)."
     )
+    projector_merge: int = doc(
+        "Consecutive LLM states the projector concatenates into one DiT text token (as Qwen2.5-VL's "
+        "patch merger merges 2x2 patches). Release: 1, every position is a token. The DiT's cost is "
+        "mostly its text tokens when captions are long and images small (tiny preset)."
+    )
     conditioning: Literal["release", "fixed_length"] = doc(
         "How a prompt becomes the DiT's prompt_embeds (models/conditioning.py). 'release' (the authors' "
         "inference code): the turn ends with the assistant header (add_generation_prompt), prompts and the "

@@ -35,18 +35,32 @@ FORMAT_VERSION = 1
 
 
 class CaptionProjector(ModelMixin, ConfigMixin):
-    """LLM hidden states -> DiT joint-attention width (release: 2048 -> 8192 -> GELU -> 4096)."""
+    """LLM hidden states -> DiT joint-attention width (release: 2048 -> 8192 -> GELU -> 4096).
+
+    ``merge`` > 1 concatenates each run of ``merge`` consecutive states before the MLP, as Qwen2.5-VL's
+    patch merger does with 2x2 patches: the DiT reads ``merge`` times fewer text tokens, every state
+    still reaching it through the first linear layer. The release projects every position (merge 1)."""
 
     @register_to_config
-    def __init__(self, in_features: int, hidden_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, merge: int = 1) -> None:
         super().__init__()
+        if merge < 1:
+            raise ValueError(f"projector merge must be >= 1, got {merge}")
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(in_features, hidden_features),
+            torch.nn.Linear(in_features * merge, hidden_features),
             torch.nn.GELU(),
             torch.nn.Linear(hidden_features, out_features),
         )
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        merge = self.config.merge
+        if merge > 1:
+            batch, length, width = hidden.shape
+            pad = -length % merge  # a last, partial run is completed with absent (zero, masked) states
+            hidden = torch.nn.functional.pad(hidden * mask[..., None].to(hidden.dtype), (0, 0, 0, pad))
+            mask = torch.nn.functional.pad(mask, (0, pad))
+            hidden = hidden.reshape(batch, (length + pad) // merge, merge * width)
+            mask = mask.reshape(batch, (length + pad) // merge, merge).amax(-1)
         return self.net(hidden) * mask[..., None].to(hidden.dtype)
 
 
@@ -228,6 +242,7 @@ def load_decoder(
     key: str = "models.decoder.path",
     llm_hidden_size: int | None = None,
     projector_hidden_size: int | None = None,
+    projector_merge: int = 1,
     projector_seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Decoder:
@@ -235,7 +250,7 @@ def load_decoder(
     diffusers directory.
 
     From an SD3 directory the projector is new (fixed-seed init) and needs ``llm_hidden_size`` and
-    ``projector_hidden_size``.
+    ``projector_hidden_size`` (``projector_merge``: :class:`CaptionProjector`).
     """
     folder = Path(path) if path else None
     if folder is not None and (folder / FORMAT_FILE).exists():
@@ -251,6 +266,7 @@ def load_decoder(
         in_features=llm_hidden_size,
         hidden_features=projector_hidden_size,
         out_features=transformer.config.joint_attention_dim,
+        merge=projector_merge,
     )
     if dtype != torch.float32:
         projector = projector.to(dtype)

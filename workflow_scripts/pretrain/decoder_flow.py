@@ -421,6 +421,7 @@ def run(ctx: JobContext) -> dict:
         ctx.input("decoder"),
         llm_hidden_size=encoder.model.config.text_config.hidden_size,
         projector_hidden_size=model_cfg.projector_hidden_size,
+        projector_merge=model_cfg.projector_merge,
         projector_seed=derive_seed(ctx.cfg.seed, "projector_init"),
     )
     decoder.vae.to(device)
