@@ -6,15 +6,16 @@ Bars (each against what an untrained or input-blind model scores on the same ima
   encoder; 200 steps reached 22.0 dB over an 11.5 dB grey floor.
 - Encoder captions: colour recall on the 16 bench scenes > the derangement floor + 0.1 (each caption
   judged against another image's scene graph: what a captioner that ignores its image scores). Measured:
-  0 SFT steps 0.09 vs floor 0.03 (+0.06), 1000 steps 0.22 vs 0.25, 2000 steps (this overlay, as the
-  README run) 0.59 vs 0.44 (+0.16; +0.2 with the photographs left out of the data).
+  0 SFT steps 0.09 vs floor 0.03 (+0.06), 1000 steps 0.22 vs 0.25, 2000 steps 0.59 vs 0.44 on one host
+  and 0.31 vs 0.31 on an AVX2 one (grounding had not come yet), 3000 steps (this overlay, as the README
+  run) 0.69 vs 0.25 there.
 - Decoder: each phase's validation flow-matching loss with each image's own caption <= 0.9 x the loss
   with another image's caption, on the same images and seeded noise (pretrain/decoder_flow.py
   ``caption_reliance``): a caption-blind decoder scores own = other; the untrained one within 0.01 %;
   with a 200-step VAE, 300 lowres steps 0.457 vs 0.463 and 700 steps 0.424 vs 0.443 (both fail); with
   this overlay's 600-step VAE, 700 steps 0.355 vs 0.489 (lowres), 0.366 vs 0.491 (highres).
 
-Seeded and deterministic on CPU (encoder 2000 steps, decoder 700 lowres steps: see
+Seeded and deterministic on CPU (encoder 3000 steps, decoder 700 lowres steps: see
 tests/configs/learning.yaml).
 """
 
