@@ -72,5 +72,6 @@ rule ingest_run:
     params:
         args=RUN.report.ingest_args("run"),
         run_dir=RUN.report.run_dir,
+        stage_hash=RUN.stage_hash_of("ingest_run"),
     shell:
         "python -m workflow_scripts.warehouse ingest {params.args} --input run_dir={params.run_dir:q} > {log:q} 2>&1"

@@ -103,6 +103,11 @@ def test_second_run_is_a_noop_and_edits_rerun_only_dependants(tiny_dag):
             **REPORT,
             "all": 1,
         }
+        # the seed spread is measured after a run and read only by the report: re-ingest and re-render
+        assert _rerun(tiny_dag, "--config", "eval={seed_spread: {unified_bench.reward: 1.5}}") == {
+            **REPORT,
+            "all": 1,
+        }
         # the launcher is not part of any result: switching it re-runs nothing
         assert (
             "Nothing to be done"

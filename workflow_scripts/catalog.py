@@ -283,6 +283,12 @@ def _report_dag(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ingest_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What the report reads from the run's config beyond the stages' outputs: the seed spread its RL
+    rows are judged against (measured after the run, so editing it must re-ingest and re-render)."""
+    return {"seed_spread": cfg["eval"]["seed_spread"]}
+
+
 def _named(items, name: str):
     (found,) = [item for item in items if item.name == name]
     return found
@@ -443,6 +449,7 @@ STAGES: dict[str, Stage] = {
         _unitoken_system, "workflow_scripts.unitoken.stage:unitoken_system", footprint=Footprint.PROCESS
     ),
     "report_dag": Stage(_report_dag),
+    "ingest_run": Stage(_ingest_run),
 }
 JOBS = [name for name, stage in STAGES.items() if stage.run]  # what the launcher runs, in run order
 
